@@ -1,0 +1,1 @@
+"""Krause Synchronization Transformers in JAX/Flax."""
