@@ -1,0 +1,42 @@
+"""Pieces shared by every Krause attention implementation: scores, selection, normalisation."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from krause.attention.selection import kth_largest
+
+
+def compute_dtype(dtype) -> jnp.dtype:
+    """float64 stays float64; everything else (bf16, f16, f32) is computed in float32."""
+    return jnp.float64 if jnp.dtype(dtype) == jnp.float64 else jnp.float32
+
+
+def neg_sq_dist(q: jax.Array, k: jax.Array, axis: int = -1) -> jax.Array:
+    """-||q - k||^2 along `axis`, computed from the difference (well conditioned)."""
+    return -jnp.sum(jnp.square(q - k), axis=axis)
+
+
+def select_and_normalize(
+    scores: jax.Array, valid: jax.Array | None, top_k: int | None
+) -> jax.Array:
+    """Neighbourhood mask, then top-k over the valid scores, then softmax over the survivors.
+
+    Args:
+      scores: [..., n] finite scores (larger = more affine).
+      valid: bool broadcastable to scores, or None (all valid). Every row needs >= 1 valid entry.
+      top_k: keep the top_k largest valid scores per row; None keeps all. Ties at the k-th value
+        are all kept (every valid key whose score is >= the k-th largest survives).
+
+    Returns:
+      probabilities [..., n], zero outside the kept set, rows sum to one.
+    """
+    keep = jnp.ones(scores.shape, bool) if valid is None else jnp.broadcast_to(valid, scores.shape)
+    if top_k is not None and top_k < scores.shape[-1]:
+        keep = keep & (scores >= kth_largest(scores, top_k, keep))
+    masked = jnp.where(keep, scores, -jnp.inf)
+    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    unnormalized = jnp.where(keep, jnp.exp(masked - row_max), 0.0)
+    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)

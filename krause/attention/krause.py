@@ -1,0 +1,271 @@
+"""Krause attention: RBF affinities, local neighbourhoods, top-k selection.
+
+Per head h, for query i and key j in the neighbourhood N(i):
+
+    s_ij = -||q_i - k_j||^2 / (2 sigma_h^2)
+    S_i  = keys of the top_k largest s_ij over N(i)   (all of N(i) if top_k is None or >= |N(i)|)
+    out_i = sum_{j in S_i} softmax_j(s_ij) v_j
+
+No 1/sqrt(d) factor. Ties at the k-th score: every key whose score is >= the k-th largest is kept
+(deterministic; on real data ties have measure zero). All arrays are [batch, length, heads, dim].
+
+Implementations (`impl=`):
+  "reference": dense [N, N] scores from explicit differences, O(N^2 d) memory. The oracle.
+  "dense":     dense masked scores via matmuls, O(N^2) memory. Fast for short sequences.
+  "gather":    any neighbourhood through its neighbour index table and a gather, O(N w).
+  "stencil":   grids: shifted views of the padded key grid, O(N w), no gather.
+  "blocked":   causal windows: query blocks against the key blocks that reach them, O(N (W + C)).
+  "auto":      the fastest correct one for the neighbourhood and length (see `resolve_impl`).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from krause.attention import local
+from krause.attention.common import compute_dtype, neg_sq_dist, select_and_normalize
+from krause.attention.neighborhoods import (
+    CausalWindow,
+    Full,
+    GridNeighborhood,
+    Neighborhood,
+    dense_mask,
+    index_table,
+)
+
+IMPLS = ("auto", "reference", "dense", "gather", "stencil", "blocked")
+# Below this many tokens, dense masked attention beats the O(N w) paths on CPUs (see
+# scripts/bench_attention.py); above it the structured paths win.
+DENSE_MAX_LENGTH = 128
+
+
+class KrauseWeights(NamedTuple):
+    """Attention probabilities in compact per-query form.
+
+    local_values:  [batch, length, heads, width]; weight of query i on slot s of `indices`.
+    indices:       [length, width] int32 key index of each slot, -1 for unused slots
+                   (and for every slot of the global queries).
+    global_values: [batch, num_global_queries, heads, length]; dense rows of the first queries,
+                   which see every key.
+    """
+
+    local_values: jax.Array
+    indices: jax.Array
+    global_values: jax.Array
+
+
+def densify_weights(weights: KrauseWeights) -> jax.Array:
+    """Compact weights -> dense [batch, heads, length, length] (for plots; small N only)."""
+    batch, n, heads, _ = weights.local_values.shape
+    g = weights.global_values.shape[1]
+    idx = jnp.asarray(weights.indices)
+    safe = jnp.where(idx >= 0, idx, n)  # unused slots go to a dropped extra column
+    dense = jnp.zeros((batch, heads, n, n + 1), weights.local_values.dtype)
+    rows = jnp.arange(n)[:, None]
+    values = jnp.where(idx[None, :, None, :] >= 0, weights.local_values, 0)
+    dense = dense.at[:, :, rows, safe].add(jnp.moveaxis(values, 2, 1))[..., :n]
+    return dense.at[:, :, :g, :].set(jnp.moveaxis(weights.global_values, 2, 1))
+
+
+def _compact_from_dense(p: jax.Array, nb: Neighborhood) -> KrauseWeights:
+    """Dense [B, H, N, N] -> KrauseWeights."""
+    table = index_table(nb)
+    g = nb.num_global_queries
+    local_values = jnp.take_along_axis(p, jnp.asarray(np.maximum(table, 0))[None, None], axis=-1)
+    local_values = jnp.where(jnp.asarray(table >= 0), local_values, 0)
+    return KrauseWeights(
+        jnp.moveaxis(local_values, 1, 2), jnp.asarray(table), jnp.moveaxis(p[:, :, :g], 1, 2)
+    )
+
+
+def rbf_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    sigma: jax.Array | float,
+    mask: jax.Array | np.ndarray | None = None,
+    bias: jax.Array | None = None,
+    top_k: int | None = None,
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """Dense RBF (Krause) attention with an arbitrary mask and additive bias; O(Nq Nk d) memory.
+
+    The building block for small windows (Swin windows, decoding caches) and the reference.
+
+    Args:
+      q: [B, Nq, H, D]; k: [B, Nk, H, D]; v: [B, Nk, H, Dv].
+      sigma: positive scalar or [H].
+      mask: bool broadcastable to [B, H, Nq, Nk]; every query needs >= 1 allowed key.
+      bias: float broadcastable to [B, H, Nq, Nk], added to the scores (e.g. relative position).
+      top_k: keep the top_k largest allowed scores per query (None: all).
+
+    Returns:
+      out [B, Nq, H, Dv] in q.dtype, and with return_weights the probabilities [B, H, Nq, Nk].
+    """
+    _check_qkv(q, k, v, same_length=False)
+    _check_top_k(top_k)
+    dtype = compute_dtype(q.dtype)
+    inv = _inv_two_sigma_sq(sigma, q.shape[2], dtype)
+    if bias is not None:
+        bias = bias.astype(dtype)
+    out, p = _rbf(*(x.astype(dtype) for x in (q, k, v)), inv, mask, bias, top_k)
+    out = out.astype(q.dtype)
+    return (out, p) if return_weights else out
+
+
+def _rbf(q, k, v, inv, mask, bias, top_k):
+    """Dense scores from explicit differences: [B, Nq, Nk, H, D] intermediates."""
+    scores = neg_sq_dist(q[:, :, None], k[:, None])  # [B, Nq, Nk, H]
+    scores = jnp.moveaxis(scores, -1, 1) * inv[:, None, None]
+    if bias is not None:
+        scores = scores + bias
+    p = select_and_normalize(scores, None if mask is None else jnp.asarray(mask), top_k)
+    return jnp.einsum("bhij,bjhd->bihd", p, v), p
+
+
+def _dense(q, k, v, inv, nb, top_k):
+    """Masked dense scores through matmuls; ||q||^2 is dropped (row constant)."""
+    dots = jnp.einsum("bihd,bjhd->bhij", q, k)
+    scores = 2.0 * dots - jnp.moveaxis(jnp.sum(jnp.square(k), axis=-1), -1, 1)[:, :, None, :]
+    p = select_and_normalize(scores * inv[:, None, None], jnp.asarray(dense_mask(nb)), top_k)
+    return jnp.einsum("bhij,bjhd->bihd", p, v), p
+
+
+def _gather(q, k, v, inv, nb, top_k):
+    """Any neighbourhood via its index table: keys/values gathered to [B, N, w, H, D]."""
+    g = nb.num_global_queries
+    batch, n, heads, _ = q.shape
+    table = index_table(nb)
+    if g < n:
+        safe = jnp.asarray(np.maximum(table[g:], 0))
+        k_nb, v_nb = k[:, safe], v[:, safe]  # [B, N - g, w, H, D]
+        scores = neg_sq_dist(q[:, g:, None], k_nb)  # [B, N - g, w, H]
+        scores = jnp.swapaxes(scores, -1, -2) * inv[:, None]
+        p = select_and_normalize(scores, jnp.asarray(table[g:] >= 0)[:, None, :], top_k)
+        out = jnp.einsum("bnhw,bnwhd->bnhd", p, v_nb)
+    else:  # every query is global (full attention): no local rows
+        p = jnp.zeros((batch, 0, heads, table.shape[1]), q.dtype)
+        out = jnp.zeros((batch, 0, heads, v.shape[-1]), q.dtype)
+    p = jnp.concatenate([jnp.zeros((batch, g) + p.shape[2:], p.dtype), p], axis=1)
+    if g == 0:
+        return out, p, jnp.zeros((batch, 0, heads, nb.length), p.dtype)
+    out_global, p_global = local.global_rows(q[:, :g], k, v, inv, top_k)
+    return jnp.concatenate([out_global, out], axis=1), p, p_global
+
+
+def resolve_impl(impl: str, nb: Neighborhood) -> str:
+    """Map "auto" to a concrete implementation; check that the choice fits the neighbourhood."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}.")
+    if impl == "auto":
+        if nb.length <= DENSE_MAX_LENGTH or isinstance(nb, Full):
+            return "dense"
+        if isinstance(nb, GridNeighborhood):
+            return "stencil"
+        return "dense" if nb.window >= nb.length else "blocked"
+    if impl == "stencil" and not isinstance(nb, GridNeighborhood):
+        raise ValueError(f"impl='stencil' needs a grid neighbourhood, got {nb.describe()}.")
+    if impl == "blocked" and not isinstance(nb, CausalWindow):
+        raise ValueError(f"impl='blocked' needs a causal window, got {nb.describe()}.")
+    return impl
+
+
+def krause_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    *,
+    sigma: jax.Array | float,
+    neighborhood: Neighborhood,
+    top_k: int | None = None,
+    impl: str = "auto",
+    return_weights: bool = False,
+) -> jax.Array | tuple[jax.Array, KrauseWeights]:
+    """Krause attention over a neighbourhood (see module docstring for the definition).
+
+    Args:
+      q, k: [batch, length, heads, head_dim]; v: [batch, length, heads, value_dim].
+      sigma: RBF width, positive; a scalar shared by heads or shape [heads].
+      neighborhood: from `grid_neighborhood`, `causal_window`, `full` or `causal`; its length
+        must equal the inputs' length.
+      top_k: keep the top_k most affine keys of each neighbourhood; None keeps all.
+      impl: one of IMPLS.
+      return_weights: also return the probabilities as `KrauseWeights`.
+
+    Returns:
+      out [batch, length, heads, value_dim] in q.dtype (computed in float32, or float64 for
+      float64 inputs), and with return_weights the `KrauseWeights`.
+    """
+    _check_qkv(q, k, v, same_length=True)
+    _check_top_k(top_k)
+    nb = neighborhood
+    if q.shape[1] != nb.length:
+        raise ValueError(
+            f"neighborhood {nb.describe()} has {nb.length} tokens, but q, k, v have length "
+            f"{q.shape[1]}; the length must equal the neighbourhood's"
+            + (" (height * width + num_global)." if isinstance(nb, GridNeighborhood) else ".")
+        )
+    impl = resolve_impl(impl, nb)
+    dtype = compute_dtype(q.dtype)
+    inv = _inv_two_sigma_sq(sigma, q.shape[2], dtype)
+    q32, k32, v32 = (x.astype(dtype) for x in (q, k, v))
+
+    if impl == "reference":
+        out, p = _rbf(q32, k32, v32, inv, dense_mask(nb), None, top_k)
+        weights = _compact_from_dense(p, nb) if return_weights else None
+    elif impl == "dense":
+        out, p = _dense(q32, k32, v32, inv, nb, top_k)
+        weights = _compact_from_dense(p, nb) if return_weights else None
+    elif impl == "blocked":
+        out, p = local.causal_blocked(q32, k32, v32, inv, nb, top_k)
+        if return_weights:
+            local_values = local.causal_blocked_weights(p, nb.length, min(nb.window, nb.length))
+            weights = KrauseWeights(
+                local_values, jnp.asarray(index_table(nb)), local_values[:, :0, :, :0]
+            )
+    else:
+        fn = local.grid_stencil if impl == "stencil" else _gather
+        out, p_local, p_global = fn(q32, k32, v32, inv, nb, top_k)
+        weights = KrauseWeights(p_local, jnp.asarray(index_table(nb)), p_global)
+    out = out.astype(q.dtype)
+    return (out, weights) if return_weights else out
+
+
+def _inv_two_sigma_sq(sigma, heads: int, dtype) -> jax.Array:
+    """1 / (2 sigma^2) as [heads]; validates shape and, when concrete, positivity."""
+    sigma = jnp.asarray(sigma)
+    if sigma.shape not in ((), (1,), (heads,)):
+        raise ValueError(
+            f"sigma must be a scalar or have shape [heads] = ({heads},), got shape {sigma.shape}."
+        )
+    if not isinstance(sigma, jax.core.Tracer) and not bool(np.all(np.asarray(sigma) > 0)):
+        raise ValueError(f"sigma must be positive, got {np.asarray(sigma)}.")
+    sigma = sigma.astype(dtype)
+    return jnp.broadcast_to(0.5 / jnp.square(sigma), (heads,))
+
+
+def _check_top_k(top_k) -> None:
+    if top_k is not None and (
+        isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or top_k < 1
+    ):
+        raise ValueError(
+            f"top_k must be None (keep the whole neighbourhood) or an int >= 1, got {top_k!r}."
+        )
+
+
+def _check_qkv(q, k, v, same_length: bool) -> None:
+    shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+    if not (q.ndim == k.ndim == v.ndim == 4):
+        raise ValueError(f"q, k, v must be [batch, length, heads, head_dim]; got {shapes}.")
+    if k.shape[:3] != v.shape[:3] or q.shape[0] != k.shape[0] or q.shape[2:] != k.shape[2:]:
+        raise ValueError(
+            "q, k, v must agree in batch and heads, q and k in head_dim, k and v in length; "
+            f"got {shapes}."
+        )
+    if same_length and q.shape[1] != k.shape[1]:
+        raise ValueError(f"q and k must have the same length; got {shapes}.")
