@@ -1,0 +1,369 @@
+"""Vision Transformer with softmax or Krause attention (ViT / KViT).
+
+Architecture (pins the paper's parameter counts exactly): strided-convolution patch embedding with
+bias; a learned CLS token (token 0) and a learned position embedding over the N + 1 tokens; `depth`
+blocks of multi-head self-attention (q, k, v, o Dense layers with biases) and a GELU MLP; a final
+LayerNorm; a Dense classifier on the CLS token. Krause attention adds one `log_sigma` per layer
+(sigma = exp(log_sigma), shared by the heads).
+
+Block layouts (`layout=`):
+  "paper":   as in the paper: Krause blocks are post-LN, `x = LN(x + DropPath(Attn(x)))`,
+             `x = LN(x + DropPath(MLP(x)))`, drop-path linspace(0, 0.1, depth), LayerNorm eps 1e-5;
+             the softmax baseline is pre-LN, `x = x + Attn(LN(x))`, `x = x + MLP(LN(x))`, eps 1e-6,
+             no drop-path. So the paper's comparison changes more than the attention.
+  "pre_ln" / "post_ln": the same block for both attentions (controlled comparison); defaults
+             drop-path 0.1 and eps 1e-6 for both.
+`drop_path_rate` and `layer_norm_eps` override the layout's defaults. Every layout ends with a final
+LayerNorm before the head.
+
+Krause attention (see `krause.attention`): per head, scores -||q_i - k_j||^2 / (2 sigma^2) over the
+neighbourhood N(i), top-k, softmax. Neighbourhoods: CIFAR (8x8 grid) a patch sees itself, its 4
+von-Neumann neighbours (`radius=1, metric="manhattan"`) and CLS; ImageNet (14x14 or 7x7) the clipped
+5x5 window (`radius=2, metric="chebyshev"`) and CLS; CLS sees every token. `locality=False` uses
+all tokens (`full(N)`). Top-k of layer l is `top_k_schedule(k0, depth)[l]`; `k0=None` disables
+top-k. `rope=True` rotates q and k with 2-D axial RoPE (`layers.axial_rope_angles`; CLS is not
+rotated); it adds no parameters and is used together with the learned position embedding.
+
+Initialisation: see `krause.models.layers` (Dense trunc-normal 0.02, zero biases, LeCun-normal
+patch convolution); position embedding normal(0.02); CLS zeros; log_sigma = log(sigma0). Both
+attentions share it, unlike the reference code.
+
+Parameter names the trainer relies on: `.../attention/log_sigma` (Krause width, scalar per block
+`block_XX`); embeddings `cls` and `pos_embedding`; LayerNorm `scale`/`bias`; Dense `kernel`/`bias`.
+
+Analysis: with `capture=True` the model sows into the "intermediates" collection (retrieve with
+`mutable=["intermediates"]`): `embedding` (tokens entering block 0, [B, N+1, D]) and, per block,
+`hidden` (the block's output) and `attention` (Krause: `KrauseWeights`; softmax: [B, H, N, N]).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from krause.attention import (
+    Neighborhood,
+    full,
+    grid_neighborhood,
+    krause_attention,
+    softmax_attention,
+)
+from krause.models.layers import (
+    DropPath,
+    Dtype,
+    Mlp,
+    PatchEmbed,
+    apply_rope,
+    axial_rope_angles,
+    dense_init,
+)
+
+ATTENTIONS = ("softmax", "krause")
+LAYOUTS = ("paper", "pre_ln", "post_ln")
+
+
+def top_k_schedule(k0: int | None, depth: int) -> tuple[int, ...] | None:
+    """Top-k per layer, `round(linspace(k0, 2 * k0, depth))` with round-half-even; None if k0 is None.
+
+    CIFAR k0=2, depth 12: (2, 2, 2, 3, 3, 3, 3, 3, 3, 4, 4, 4);
+    ImageNet k0=8: (8, 9, 9, 10, 11, 12, 12, 13, 14, 15, 15, 16).
+    """
+    if k0 is None:
+        return None
+    if isinstance(k0, bool) or not isinstance(k0, int | np.integer) or k0 < 1:
+        raise ValueError(f"k0 must be None (no top-k) or an int >= 1, got {k0!r}.")
+    return tuple(int(k) for k in np.round(np.linspace(k0, 2 * k0, depth)))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, softmax or Krause, with optional 2-D axial RoPE on q and k.
+
+    Call: x [B, N, D] -> (out [B, N, D], weights or None). Weights (only if `return_weights`):
+    Krause `KrauseWeights`, softmax [B, H, N, N].
+    """
+
+    heads: int
+    attention: str = "softmax"
+    neighborhood: Neighborhood | None = None  # Krause only; its length must be N
+    top_k: int | None = None
+    sigma0: float = 2.5
+    rope_grid: tuple[int, int] | None = None  # (height, width) of the patch grid, CLS first
+    rope_base: float = 100.0
+    impl: str = "auto"
+    dropout_rate: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool, return_weights: bool = False):
+        batch, n, width = x.shape
+        if width % self.heads:
+            raise ValueError(f"width {width} is not divisible by heads {self.heads}.")
+        head_dim = width // self.heads
+        dense = functools.partial(
+            nn.Dense, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype
+        )
+        split = lambda y: y.reshape(batch, n, self.heads, head_dim)
+        q, k, v = (split(dense(width, name=name)(x)) for name in ("query", "key", "value"))
+        if self.rope_grid is not None:
+            angles = axial_rope_angles(*self.rope_grid, head_dim, self.rope_base, 1)
+            q, k = apply_rope(q, angles), apply_rope(k, angles)
+
+        if self.attention == "krause":
+            log_sigma = self.param(
+                "log_sigma",
+                nn.initializers.constant(np.log(self.sigma0)),
+                (),
+                self.param_dtype,
+            )
+            result = krause_attention(
+                q,
+                k,
+                v,
+                sigma=jnp.exp(log_sigma.astype(jnp.float32)),
+                neighborhood=self.neighborhood,
+                top_k=self.top_k,
+                impl=self.impl,
+                return_weights=return_weights,
+            )
+        elif self.attention == "softmax":
+            result = softmax_attention(q, k, v, return_weights=return_weights)
+        else:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}.")
+        out, weights = result if return_weights else (result, None)
+        out = dense(width, name="out")(out.reshape(batch, n, width))
+        return nn.Dropout(self.dropout_rate, deterministic=not train)(out), weights
+
+
+class EncoderBlock(nn.Module):
+    """Attention + MLP with residuals, pre-LN (`post_ln=False`) or post-LN (`post_ln=True`)."""
+
+    attention_fn: Callable[..., SelfAttention]  # partial(SelfAttention, ...) without name
+    mlp_dim: int
+    post_ln: bool = False
+    layer_norm_eps: float = 1e-6
+    drop_path_rate: float = 0.0
+    dropout_rate: float = 0.0
+    capture: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+        norm = functools.partial(
+            nn.LayerNorm,
+            epsilon=self.layer_norm_eps,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )
+        attn = self.attention_fn(name="attention")
+        mlp = Mlp(self.mlp_dim, None, self.dropout_rate, self.dtype, self.param_dtype, name="mlp")
+        drop_path = DropPath(self.drop_path_rate)
+        if self.post_ln:
+            y, weights = attn(x, train=train, return_weights=self.capture)
+            x = norm(name="norm1")(x + drop_path(y, train=train))
+            x = norm(name="norm2")(x + drop_path(mlp(x, train=train), train=train))
+        else:
+            y, weights = attn(norm(name="norm1")(x), train=train, return_weights=self.capture)
+            x = x + drop_path(y, train=train)
+            x = x + drop_path(mlp(norm(name="norm2")(x), train=train), train=train)
+        if self.capture:
+            self.sow("intermediates", "attention", weights)
+            self.sow("intermediates", "hidden", x)
+        return x
+
+
+class ViT(nn.Module):
+    """ViT / KViT classifier: images [B, H, W, C] float32 (NHWC) -> logits [B, num_classes] float32.
+
+    `model.init({"params": key}, images, train=False)`;
+    `model.apply(variables, images, train=True, rngs={"dropout": key})`.
+    """
+
+    num_classes: int = 10
+    image_size: int = 32
+    patch_size: int = 4
+    width: int = 192
+    depth: int = 12
+    heads: int = 3
+    mlp_dim: int = 768
+    attention: str = "softmax"  # "softmax" | "krause"
+    layout: str = "paper"  # "paper" | "pre_ln" | "post_ln"
+    drop_path_rate: float | None = None  # None: the layout's default
+    layer_norm_eps: float | None = None  # None: the layout's default
+    dropout_rate: float = 0.0
+    rope: bool = False
+    rope_base: float = 100.0
+    # Krause attention
+    sigma0: float = 2.5
+    k0: int | None = 2  # top-k schedule round(linspace(k0, 2 k0, depth)); None: no top-k
+    locality: bool = True  # False: every token sees every token (RBF over all tokens)
+    radius: int = 1
+    metric: str = "manhattan"
+    attention_impl: str = "auto"
+    # analysis and precision
+    capture: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        side = self.image_size // self.patch_size
+        return side, side
+
+    @property
+    def num_tokens(self) -> int:
+        return self.grid[0] * self.grid[1] + 1
+
+    @property
+    def post_ln(self) -> bool:
+        """Whether the blocks are post-LN under this layout and attention."""
+        return self.layout == "post_ln" or (self.layout == "paper" and self.attention == "krause")
+
+    def resolved_drop_path_rate(self) -> float:
+        if self.drop_path_rate is not None:
+            return self.drop_path_rate
+        return 0.0 if (self.layout == "paper" and self.attention == "softmax") else 0.1
+
+    def resolved_layer_norm_eps(self) -> float:
+        if self.layer_norm_eps is not None:
+            return self.layer_norm_eps
+        return 1e-5 if (self.layout == "paper" and self.attention == "krause") else 1e-6
+
+    def top_k_per_layer(self) -> tuple[int | None, ...]:
+        """Top-k of each block (None: keep the whole neighbourhood); softmax: all None."""
+        schedule = top_k_schedule(self.k0, self.depth) if self.attention == "krause" else None
+        return schedule if schedule is not None else (None,) * self.depth
+
+    def neighborhood(self) -> Neighborhood | None:
+        """The Krause neighbourhood over the N + 1 tokens (None for softmax attention)."""
+        if self.attention != "krause":
+            return None
+        if not self.locality:
+            return full(self.num_tokens)
+        return grid_neighborhood(*self.grid, self.radius, self.metric, num_global=1)
+
+    def _check(self) -> None:
+        if self.attention not in ATTENTIONS:
+            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}.")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"layout must be one of {LAYOUTS}, got {self.layout!r}.")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not divisible by patch_size {self.patch_size}."
+            )
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}.")
+
+    @nn.compact
+    def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
+        self._check()
+        expected = (self.image_size, self.image_size)
+        if images.ndim != 4 or images.shape[1:3] != expected:
+            raise ValueError(
+                f"images must be [B, {expected[0]}, {expected[1]}, C], got {images.shape}."
+            )
+        x = PatchEmbed(
+            self.patch_size, self.width, self.dtype, self.param_dtype, name="patch_embed"
+        )(images)
+        batch = x.shape[0]
+        x = x.reshape(batch, -1, self.width)
+        cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
+        x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], 1)
+        pos = self.param(
+            "pos_embedding",
+            nn.initializers.normal(stddev=0.02),
+            (1, self.num_tokens, self.width),
+            self.param_dtype,
+        )
+        x = x + pos.astype(x.dtype)
+        x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+        if self.capture:
+            self.sow("intermediates", "embedding", x)
+
+        nb = self.neighborhood()
+        drop_path = np.linspace(0.0, self.resolved_drop_path_rate(), self.depth)
+        for i, top_k in enumerate(self.top_k_per_layer()):
+            attention_fn = functools.partial(
+                SelfAttention,
+                heads=self.heads,
+                attention=self.attention,
+                neighborhood=nb,
+                top_k=top_k,
+                sigma0=self.sigma0,
+                rope_grid=self.grid if self.rope else None,
+                rope_base=self.rope_base,
+                impl=self.attention_impl,
+                dropout_rate=self.dropout_rate,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+            )
+            x = EncoderBlock(
+                attention_fn,
+                self.mlp_dim,
+                post_ln=self.post_ln,
+                layer_norm_eps=self.resolved_layer_norm_eps(),
+                drop_path_rate=float(drop_path[i]),
+                dropout_rate=self.dropout_rate,
+                capture=self.capture,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name=f"block_{i:02d}",
+            )(x, train=train)
+        x = nn.LayerNorm(
+            epsilon=self.resolved_layer_norm_eps(),
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="final_norm",
+        )(x)
+        logits = nn.Dense(
+            self.num_classes,
+            kernel_init=dense_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            name="head",
+        )(x[:, 0])
+        return logits.astype(jnp.float32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Registry: vit_* default to softmax attention, kvit_* to Krause attention; any field can be
+# overridden, e.g. get_model("vit_t4", attention="krause", depth=2, width=32, heads=2, mlp_dim=64).
+
+_SIZES = {
+    "t": dict(width=192, depth=12, heads=3, mlp_dim=768),
+    "s": dict(width=384, depth=12, heads=6, mlp_dim=1536),
+    "b": dict(width=768, depth=12, heads=12, mlp_dim=3072),
+}
+# CIFAR: 32x32, patch 4 (8x8 grid), 4-neighbour window, k0 2, sigma0 2.5.
+_CIFAR = dict(image_size=32, patch_size=4, num_classes=10, radius=1, metric="manhattan", k0=2)
+_CIFAR_SIGMA0 = {"t": 2.5, "s": 2.5, "b": 2.5}
+# ImageNet: 224x224, patch 16 or 32 (14x14 or 7x7 grid), 5x5 window, k0 8, sigma0 4.5 (S) / 9 (B).
+_IMAGENET = dict(image_size=224, num_classes=1000, radius=2, metric="chebyshev", k0=8)
+_IMAGENET_SIGMA0 = {"s": 4.5, "b": 9.0}
+
+
+def _factory(attention: str, size: str, patch: int) -> Callable[..., ViT]:
+    if patch == 4:
+        defaults = dict(_CIFAR, sigma0=_CIFAR_SIGMA0[size])
+    else:
+        defaults = dict(_IMAGENET, patch_size=patch, sigma0=_IMAGENET_SIGMA0[size])
+    defaults.update(_SIZES[size], attention=attention)
+
+    def build(**overrides) -> ViT:
+        return ViT(**{**defaults, **overrides})
+
+    return build
+
+
+_VARIANTS = (("t", 4), ("s", 4), ("b", 4), ("s", 16), ("s", 32), ("b", 16), ("b", 32))
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    f"{prefix}_{size}{patch}": _factory(attention, size, patch)
+    for prefix, attention in (("vit", "softmax"), ("kvit", "krause"))
+    for size, patch in _VARIANTS
+}
