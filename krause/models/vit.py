@@ -33,7 +33,8 @@ Parameter names the trainer relies on: `.../attention/log_sigma` (Krause width, 
 
 Analysis: with `capture=True` the model sows into the "intermediates" collection (retrieve with
 `mutable=["intermediates"]`): `embedding` (tokens entering block 0, [B, N+1, D]) and, per block,
-`hidden` (the block's output) and `attention` (Krause: `KrauseWeights`; softmax: [B, H, N, N]).
+`hidden` (the block's output) and `attention_weights` (Krause: `KrauseWeights`; softmax:
+[B, H, N, N]).
 """
 
 from __future__ import annotations
@@ -68,7 +69,7 @@ LAYOUTS = ("paper", "pre_ln", "post_ln")
 
 
 def top_k_schedule(k0: int | None, depth: int) -> tuple[int, ...] | None:
-    """Top-k per layer, `round(linspace(k0, 2 * k0, depth))` with round-half-even; None if k0 is None.
+    """Top-k per layer: `round(linspace(k0, 2 * k0, depth))`, round-half-even; None if k0 is None.
 
     CIFAR k0=2, depth 12: (2, 2, 2, 3, 3, 3, 3, 3, 3, 4, 4, 4);
     ImageNet k0=8: (8, 9, 9, 10, 11, 12, 12, 13, 14, 15, 15, 16).
@@ -173,7 +174,7 @@ class EncoderBlock(nn.Module):
             x = x + drop_path(y, train=train)
             x = x + drop_path(mlp(norm(name="norm2")(x), train=train), train=train)
         if self.capture:
-            self.sow("intermediates", "attention", weights)
+            self.sow("intermediates", "attention_weights", weights)
             self.sow("intermediates", "hidden", x)
         return x
 
