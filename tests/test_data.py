@@ -515,7 +515,7 @@ def test_random_erasing_replaces_one_rectangle():
     assert aug.random_erasing(image, rng, prob=0.0) is image
     erased = aug.random_erasing(image, rng, prob=1.0)
     rows, cols = np.nonzero((erased != 7.0).any(-1))
-    assert 0.02 * 1024 * 0.8 <= rows.size <= 1024 / 3 * 1.2
+    assert 12 <= rows.size <= 1024 / 3 * 1.2  # Area 2%-33%, up to rounding.
     assert rows.size == (rows.max() - rows.min() + 1) * (cols.max() - cols.min() + 1)
 
 

@@ -1,4 +1,14 @@
-"""Data input: dataset registry, offline preparation, deterministic grain pipelines."""
+"""Data input: dataset registry, offline preparation, deterministic grain pipelines.
+
+Typical use in a trainer (`config.input` from `default_input_config(dataset, recipe)`):
+
+    train_iter = make_train_iterator(config.input, seed=config.seed, start_step=step)
+    for batch in make_eval_batches(config.input):  # one pass, `mask` marks real examples
+        ...
+
+The data position to checkpoint is the trainer's global step (see `krause.data.pipeline`).
+Offline datasets: `python -m krause.data.prepare --dataset NAME --archive_dir DIR --data_dir DIR`.
+"""
 
 from krause.data.config import AUGMENT_OPS, RECIPES, default_input_config
 from krause.data.pipeline import (

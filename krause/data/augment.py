@@ -1,8 +1,8 @@
 """Per-example image augmentations: pure functions of (image, numpy Generator).
 
-Images are uint8 [H, W, C] (C = 1 or 3) unless stated otherwise; every function returns a new
-array. Geometric and colour operations use PIL. The caller derives `rng` from (seed, example
-position), which makes every augmentation reproducible and resumable.
+Images are uint8 [H, W, C] (C = 1 or 3) unless stated otherwise; inputs are never modified.
+Geometric and colour operations use PIL. The caller derives `rng` from (seed, example position),
+which makes every augmentation reproducible and resumable.
 """
 
 from __future__ import annotations

@@ -155,6 +155,10 @@ def _to_iterator(dataset: grain.MapDataset, config: Any) -> Iterator[Batch]:
     )
     iter_dataset = dataset.to_iter_dataset(read_options)
     if config.worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; use their defaults.
+            flags.FLAGS.mark_as_parsed()
         iter_dataset = iter_dataset.mp_prefetch(
             grain.MultiprocessingOptions(num_workers=config.worker_count)
         )
