@@ -18,6 +18,26 @@ def neg_sq_dist(q: jax.Array, k: jax.Array, axis: int = -1) -> jax.Array:
     return -jnp.sum(jnp.square(q - k), axis=axis)
 
 
+def top_k_keep(scores: jax.Array, valid: jax.Array | None, top_k: int | None) -> jax.Array:
+    """bool [..., n]: valid entries whose score is >= the row's top_k-th largest valid score.
+
+    Ties at the k-th value are all kept. top_k None (or >= n) keeps every valid entry.
+    """
+    keep = jnp.ones(scores.shape, bool) if valid is None else jnp.broadcast_to(valid, scores.shape)
+    if top_k is not None and top_k < scores.shape[-1]:
+        keep = keep & (scores >= kth_largest(scores, top_k, keep))
+    return keep
+
+
+def masked_softmax(scores: jax.Array, keep: jax.Array) -> jax.Array:
+    """Softmax over the kept entries of each row; zero elsewhere. Rows need >= 1 kept entry."""
+    masked = jnp.where(keep, scores, -jnp.inf)
+    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
+    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
+    unnormalized = jnp.where(keep, jnp.exp(masked - row_max), 0.0)
+    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+
+
 def select_and_normalize(
     scores: jax.Array, valid: jax.Array | None, top_k: int | None
 ) -> jax.Array:
@@ -32,11 +52,4 @@ def select_and_normalize(
     Returns:
       probabilities [..., n], zero outside the kept set, rows sum to one.
     """
-    keep = jnp.ones(scores.shape, bool) if valid is None else jnp.broadcast_to(valid, scores.shape)
-    if top_k is not None and top_k < scores.shape[-1]:
-        keep = keep & (scores >= kth_largest(scores, top_k, keep))
-    masked = jnp.where(keep, scores, -jnp.inf)
-    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    unnormalized = jnp.where(keep, jnp.exp(masked - row_max), 0.0)
-    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+    return masked_softmax(scores, top_k_keep(scores, valid, top_k))

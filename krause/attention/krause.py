@@ -27,7 +27,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from krause.attention import local
-from krause.attention.common import compute_dtype, neg_sq_dist, select_and_normalize
+from krause.attention.common import (
+    compute_dtype,
+    masked_softmax,
+    neg_sq_dist,
+    select_and_normalize,
+)
 from krause.attention.neighborhoods import (
     CausalWindow,
     Full,
@@ -35,7 +40,9 @@ from krause.attention.neighborhoods import (
     Neighborhood,
     dense_mask,
     index_table,
+    max_neighbors,
 )
+from krause.attention.selection import kth_largest
 
 IMPLS = ("auto", "reference", "dense", "gather", "stencil", "blocked")
 # Below this many tokens, dense masked attention beats the O(N w) paths on CPUs (see
@@ -129,10 +136,25 @@ def _rbf(q, k, v, inv, mask, bias, top_k):
 
 
 def _dense(q, k, v, inv, nb, top_k):
-    """Masked dense scores through matmuls; ||q||^2 is dropped (row constant)."""
+    """Masked dense scores through matmuls; ||q||^2 is dropped (row constant).
+
+    The top-k threshold is found on each query's neighbour slots (a gather of |N(i)| scores)
+    rather than on the whole row, which is what makes this path cheap for short sequences.
+    """
     dots = jnp.einsum("bihd,bjhd->bhij", q, k)
     scores = 2.0 * dots - jnp.moveaxis(jnp.sum(jnp.square(k), axis=-1), -1, 1)[:, :, None, :]
-    p = select_and_normalize(scores * inv[:, None, None], jnp.asarray(dense_mask(nb)), top_k)
+    scores = scores * inv[:, None, None]  # [B, H, N, N]
+    keep = jnp.asarray(dense_mask(nb))
+    if top_k is not None and top_k < max_neighbors(nb):
+        g, n = nb.num_global_queries, nb.length
+        table = index_table(nb)[g:]
+        thresholds = [kth_largest(scores[:, :, :g], top_k)] if g else []
+        if g < n:
+            slot_index = jnp.asarray(np.maximum(table, 0))[None, None]
+            slots = jnp.take_along_axis(scores[:, :, g:], slot_index, axis=-1)
+            thresholds.append(kth_largest(slots, top_k, jnp.asarray(table >= 0)))
+        keep = keep & (scores >= jnp.concatenate(thresholds, axis=2))
+    p = masked_softmax(scores, keep)
     return jnp.einsum("bhij,bjhd->bihd", p, v), p
 
 
