@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import gzip
-import importlib.resources.abc
 import pathlib
 import pickle
-import sys
 import tarfile
 import tempfile
 import time
@@ -27,13 +25,6 @@ import tensorflow_datasets as tfds
 from tensorflow_datasets.core.download import checksums
 
 from krause.data.registry import DATASETS, DatasetInfo, get_dataset_info
-
-try:
-    import importlib_resources  # noqa: F401
-except ModuleNotFoundError:
-    # tfds 4.9.x resolves a builder's code path with the `importlib_resources` backport, which
-    # etils >= 1.15 no longer installs; Python 3.11's standard module has the same API.
-    sys.modules["importlib_resources"] = importlib.resources
 
 _IDX_FILES = (
     "train-images-idx3-ubyte.gz",
