@@ -45,9 +45,10 @@ from krause.attention.neighborhoods import (
 from krause.attention.selection import kth_largest
 
 IMPLS = ("auto", "reference", "dense", "gather", "stencil", "blocked")
-# Below this many tokens, dense masked attention beats the O(N w) paths on CPUs (see
-# scripts/bench_attention.py); above it the structured paths win.
-DENSE_MAX_LENGTH = 128
+# "auto" uses dense masked attention on a grid while the sequence is shorter than this many times
+# the neighbourhood size: on CPUs one key of a dense matmul row costs ~1/12 of one stencil slot
+# (measured with scripts/bench_attention.py at 65, 197, 257 and 4097 tokens).
+DENSE_COST_FACTOR = 12
 
 
 class KrauseWeights(NamedTuple):
@@ -185,11 +186,12 @@ def resolve_impl(impl: str, nb: Neighborhood) -> str:
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}.")
     if impl == "auto":
-        if nb.length <= DENSE_MAX_LENGTH or isinstance(nb, Full):
+        if isinstance(nb, Full):
             return "dense"
-        if isinstance(nb, GridNeighborhood):
-            return "stencil"
-        return "dense" if nb.window >= nb.length else "blocked"
+        if isinstance(nb, CausalWindow):  # blocked is matmul-based too: ~W + C keys per query
+            return "dense" if nb.length <= 2 * nb.window else "blocked"
+        slots = index_table(nb).shape[1]
+        return "dense" if nb.length <= DENSE_COST_FACTOR * slots else "stencil"
     if impl == "stencil" and not isinstance(nb, GridNeighborhood):
         raise ValueError(f"impl='stencil' needs a grid neighbourhood, got {nb.describe()}.")
     if impl == "blocked" and not isinstance(nb, CausalWindow):

@@ -1,0 +1,266 @@
+"""Benchmark Krause attention against dense softmax and the authors' dense-masked formulation.
+
+Forward + backward (gradients w.r.t. q, k, v and sigma) under `jax.jit`, warmed up, median of
+repeats; peak memory from XLA's buffer assignment of the compiled program
+(`memory_analysis()`: arguments + outputs + temporaries), so it is known even for programs
+too big to run. Sizes that would exceed the memory budget run at a smaller batch (stated);
+sizes whose extrapolated time exceeds the time budget are skipped (stated).
+
+Families:
+  grid:   h x h patches + 1 global token, radius-1 Manhattan window, top_k 4.
+  causal: causal window 128, top_k 96.
+  model:  the sizes the models train at: 8x8+1 (radius-1 Manhattan, top_k 4) and 14x14+1
+          (5x5 Chebyshev, top_k 12).
+
+Usage:
+  python scripts/bench_attention.py                 # full table (~25 min on 2 CPU cores)
+  python scripts/bench_attention.py --quick         # small sizes only (~1 min)
+  python scripts/bench_attention.py --json results/bench_attention.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from krause.attention import (
+    causal_window,
+    dense_mask,
+    grid_neighborhood,
+    krause_attention,
+    kth_largest,
+    resolve_impl,
+    softmax_attention,
+)
+
+SIGMA = 2.5
+
+
+@dataclasses.dataclass
+class Case:
+    family: str
+    label: str  # e.g. "64x64+1" or "4096"
+    nb: object
+    top_k: int
+    causal: bool
+
+
+def dense_masked_release(q, k, v, sigma, mask, top_k):
+    """The authors' formulation: N x N distances, mask, top-k over full rows, softmax.
+
+    Top-k uses this project's fast radix select (XLA's CPU top_k would be ~10x slower still), so
+    the comparison isolates the quadratic formulation, not a slow sort.
+    """
+    qt, kt, vt = (jnp.swapaxes(x, 1, 2) for x in (q, k, v))  # [B, H, N, D]
+    sq_dist = (
+        jnp.sum(qt**2, -1)[..., :, None]
+        + jnp.sum(kt**2, -1)[..., None, :]
+        - 2 * jnp.einsum("bhid,bhjd->bhij", qt, kt)
+    )
+    scores = jnp.where(mask, -sq_dist / (2 * sigma**2), -jnp.inf)
+    scores = jnp.where(scores >= kth_largest(scores, top_k), scores, -jnp.inf)
+    p = jax.nn.softmax(scores, axis=-1)
+    return jnp.swapaxes(jnp.einsum("bhij,bhjd->bhid", p, vt), 1, 2)
+
+
+def methods(case: Case) -> dict[str, Callable]:
+    """name -> attention(q, k, v, log_sigma)."""
+    nb, top_k = case.nb, case.top_k
+    krause = lambda impl: (
+        lambda q, k, v, s: krause_attention(
+            q, k, v, sigma=jnp.exp(s), neighborhood=nb, top_k=top_k, impl=impl
+        )
+    )
+    out = {"krause/auto": krause("auto")}
+    for impl in ("stencil", "blocked", "gather", "dense"):
+        try:
+            resolve_impl(impl, nb)
+        except ValueError:
+            continue
+        out[f"krause/{impl}"] = krause(impl)
+    out["softmax"] = lambda q, k, v, s: softmax_attention(q, k, v, causal=case.causal)
+    mask = jnp.asarray(dense_mask(nb)) if nb.length <= 20_000 else None
+    out["dense-masked (release)"] = lambda q, k, v, s: dense_masked_release(
+        q, k, v, jnp.exp(s), mask, top_k
+    )
+    return out
+
+
+def compile_step(fn, batch, n, heads, dim):
+    """jit(grad) of a scalar loss of fn; returns (compiled, args, peak bytes)."""
+
+    def loss(q, k, v, s, cot):
+        return jnp.sum(fn(q, k, v, s) * cot)
+
+    step = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    shape = jax.ShapeDtypeStruct((batch, n, heads, dim), jnp.float32)
+    sigma = jax.ShapeDtypeStruct((), jnp.float32)
+    compiled = step.lower(shape, shape, shape, sigma, shape).compile()
+    mem = compiled.memory_analysis()
+    peak = mem.temp_size_in_bytes + mem.argument_size_in_bytes + mem.output_size_in_bytes
+    return compiled, peak
+
+
+def time_compiled(compiled, batch, n, heads, dim, repeats, budget_s):
+    keys = jax.random.split(jax.random.key(0), 4)
+    args = [jax.random.normal(key, (batch, n, heads, dim), jnp.float32) for key in keys]
+    args.insert(3, jnp.float32(np.log(SIGMA)))
+    jax.block_until_ready(compiled(*args))  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - start)
+        if sum(times) > budget_s:
+            break
+    return statistics.median(times)
+
+
+def run(args) -> list[dict]:
+    grids = [int(x) for x in args.grids.split(",") if x]
+    lengths = [int(x) for x in args.lengths.split(",") if x]
+    cases = [
+        Case("model", "8x8+1", grid_neighborhood(8, 8, 1, "manhattan", 1), 4, False),
+        Case("model", "14x14+1", grid_neighborhood(14, 14, 2, "chebyshev", 1), 12, False),
+    ]
+    cases += [Case("grid", f"{h}x{h}+1", grid_neighborhood(h, h, 1), 4, False) for h in grids]
+    cases += [Case("causal", str(n), causal_window(n, 128), 96, True) for n in lengths]
+    b, heads, dim = args.batch, args.heads, args.dim
+    budget = args.mem_budget_gb * 2**30
+    rows, last = [], {}  # last: (family, method) -> (n, seconds per example)
+    for case in cases:
+        n = case.nb.length
+        for name, fn in methods(case).items():
+            row = dict(family=case.family, size=case.label, tokens=n, method=name)
+            if name.startswith("krause/"):
+                row["impl"] = resolve_impl(name.split("/")[1], case.nb)
+            prev = last.get((case.family, name))
+            quadratic = name in ("softmax", "dense-masked (release)", "krause/dense")
+            if prev and prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1) > args.time_budget_s:
+                est = prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1)
+                rows.append(row | dict(skipped=f"extrapolated {est:.0f} s per step > budget"))
+                continue
+            batch = b
+            compiled, peak = compile_step(fn, batch, n, heads, dim)
+            while peak > budget and batch > 1:
+                batch //= 2
+                compiled, peak = compile_step(fn, batch, n, heads, dim)
+            row |= dict(batch=batch, peak_mb=peak / 2**20)
+            if peak > budget:
+                rows.append(row | dict(skipped=f"needs {peak / 2**30:.1f} GiB at batch 1"))
+                continue
+            seconds = time_compiled(
+                compiled, batch, n, heads, dim, args.repeats, args.time_budget_s
+            )
+            row |= dict(ms=1e3 * seconds, ms_per_example=1e3 * seconds / batch)
+            last[(case.family, name)] = (n, seconds / batch)
+            rows.append(row)
+            print(_fmt_row(row), flush=True)
+    return rows
+
+
+def _fmt_row(row: dict) -> str:
+    if "skipped" in row:
+        return f"{row['size']:>9} {row['method']:<24} skipped: {row['skipped']}"
+    return (
+        f"{row['size']:>9} {row['method']:<24} batch {row['batch']:>2} "
+        f"{row['ms']:>10.1f} ms  {row['peak_mb']:>9.0f} MB"
+    )
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown table with per-example ratios against softmax and the dense-masked release."""
+    per_ex = {(r["size"], r["method"]): r.get("ms_per_example") for r in rows}
+    lines = [
+        "| family | tokens | method | batch | fwd+bwd ms | ms / example | peak MB "
+        "| softmax / this | dense-masked / this |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = r["method"] + (f" ({r['impl']})" if r["method"] == "krause/auto" else "")
+        if "skipped" in r:
+            lines.append(
+                f"| {r['family']} | {r['size']} | {name} | – | – | – | "
+                f"{r.get('peak_mb', float('nan')):.0f} | {r['skipped']} | |"
+            )
+            continue
+        ratios = [
+            f"{per_ex[(r['size'], other)] / r['ms_per_example']:.1f}x"
+            if per_ex.get((r["size"], other))
+            else "–"
+            for other in ("softmax", "dense-masked (release)")
+        ]
+        lines.append(
+            f"| {r['family']} | {r['size']} | {name} | {r['batch']} | {r['ms']:.1f} | "
+            f"{r['ms_per_example']:.2f} | {r['peak_mb']:.0f} | {ratios[0]} | {ratios[1]} |"
+        )
+    return "\n".join(lines)
+
+
+def growth(rows: list[dict]) -> list[str]:
+    """time and memory growth of krause/auto when the token count grows ~4x."""
+    out = []
+    auto = {r["size"]: r for r in rows if r["method"] == "krause/auto" and "ms" in r}
+    for small, big in (("64x64+1", "128x128+1"), ("4096", "16384")):
+        if small in auto and big in auto:
+            a, b = auto[small], auto[big]
+            out.append(
+                f"krause/auto {big} vs {small} ({b['tokens'] / a['tokens']:.2f}x tokens): "
+                f"time {b['ms_per_example'] / a['ms_per_example']:.2f}x, "
+                f"peak memory {b['peak_mb'] / a['peak_mb']:.2f}x"
+            )
+    return out
+
+
+def machine() -> dict:
+    return dict(
+        cpus=os.cpu_count(),
+        processor=platform.processor() or platform.machine(),
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        date=datetime.date.today().isoformat(),
+    )
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grids", default="8,16,32,64,128", help="grid sides, comma separated")
+    parser.add_argument("--lengths", default="784,1024,4096,16384", help="causal lengths")
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--heads", type=int, default=6)
+    parser.add_argument("--dim", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--mem_budget_gb", type=float, default=14.0)
+    parser.add_argument("--time_budget_s", type=float, default=60.0)
+    parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument("--json", default="", help="write results here")
+    args = parser.parse_args()
+    if args.quick:
+        args.grids, args.lengths, args.repeats = "8,16,32", "784,1024", 3
+    info = machine()
+    print(f"machine: {info}")
+    rows = run(args)
+    print()
+    print(table(rows))
+    for line in growth(rows):
+        print(line)
+    if args.json:
+        os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
+        with open(args.json, "w") as f:
+            json.dump(dict(machine=info, args=vars(args), rows=rows), f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
