@@ -11,7 +11,7 @@ import pytest
 
 from krause.attention import dense_mask, densify_weights
 from krause.models import get_model, model_names
-from krause.models.layers import apply_rope, axial_rope_angles
+from krause.models.layers import DropPath, apply_rope, axial_rope_angles
 from krause.models.swin import WindowAttention, window_mask
 from krause.models.vit import top_k_schedule
 
@@ -345,6 +345,19 @@ def test_axial_rope_scores_depend_on_relative_position_only():
     assert score((1, 2), (3, 5)) != pytest.approx(score((1, 2), (5, 3)), rel=1e-3)
     np.testing.assert_allclose(rq[0], q, rtol=1e-6)  # CLS is not rotated
     np.testing.assert_allclose(jnp.linalg.norm(rq, axis=-1), jnp.linalg.norm(q), rtol=1e-5)
+
+
+def test_drop_path_drops_whole_examples():
+    x = jnp.ones((2000, 3, 4))
+    layer = DropPath(0.25)
+    assert layer.apply({}, x, train=False) is x
+    y = np.asarray(
+        run_jit(lambda x, k: layer.apply({}, x, train=True, rngs={"dropout": k}), x, key())
+    )
+    per_example = y.reshape(2000, -1)
+    assert np.all(per_example == per_example[:, :1])  # all or nothing per example
+    assert np.allclose(np.unique(y), [0.0, 1 / 0.75])
+    assert abs(y.mean() - 1) < 0.05
 
 
 # ---------------------------------------------------------------------------------------------
