@@ -131,8 +131,10 @@ class WindowAttention(nn.Module):
             ((2 * self.window - 1) ** 2, self.heads),
             self.param_dtype,
         )
-        index = relative_position_index(self.window).reshape(-1)
-        bias = table[index].reshape(n, n, self.heads).transpose(2, 0, 1)[None]  # [1, H, N, N]
+        # table lookup as a one-hot product: its gradient is a matmul, not a scatter (cheaper
+        # to compile and run on CPUs); [N, N, (2w - 1)^2] x [(2w - 1)^2, H] -> [1, H, N, N]
+        one_hot = np.eye(table.shape[0], dtype=np.float32)[relative_position_index(self.window)]
+        bias = jnp.einsum("ijt,th->hij", one_hot, table)[None]
         if self.attention == "krause":
             log_sigma = self.param(
                 "log_sigma",
