@@ -31,15 +31,14 @@ import jax.numpy as jnp
 from jax import lax
 
 from krause.attention import (
-    LinearAttentionState,
     causal_window,
     init_linear_attention_state,
     krause_attention,
     linear_attention,
     linear_attention_step,
-    rbf_attention,
     softmax_attention,
 )
+from krause.attention.common import compute_dtype, neg_sq_dist, select_and_normalize
 
 ATTENTIONS = ("softmax", "linear", "krause")
 
@@ -48,7 +47,7 @@ _embed_init = nn.initializers.normal(stddev=0.02)
 
 
 class KVCache(NamedTuple):
-    """Key/value slots of one layer: [batch, slots, heads, head_dim] each.
+    """Key/value slots of one layer, head-major: [batch, heads, slots, head_dim] each.
 
     Position t is written to slot t % slots; slot s is valid once position s has been written.
     Softmax uses slots = length (a preallocated cache), Krause slots = min(window, length)
@@ -57,6 +56,58 @@ class KVCache(NamedTuple):
 
     key: jax.Array
     value: jax.Array
+
+
+# Decoding attention: one query per sequence against the cached keys/values (head-major,
+# [B, H, S, D]) plus the current position's own key/value. Three choices keep a step O(S) with
+# the cache updated in place (checked in the compiled HLO of the decoding loop, XLA CPU):
+#  * head-major caches: with the [B, S, H, D] layout of the `krause.attention` functions, XLA's
+#    CPU dot transposes the whole cache at every step (about 20x slower for 784 slots);
+#  * attending to the *old* cache plus the current key/value, and writing them into the cache
+#    for the next steps: when the updated cache also fed the attention, XLA duplicated the
+#    dynamic-update-slice into both users and copied the whole cache several times per step;
+#  * the write depends on the attention output (see `CausalSelfAttention.step`).
+
+
+def _with_current(cached_scores, current_score, valid):
+    """Append the current position (always valid) to the cached slots: [B, H, S + 1] each."""
+    scores = jnp.concatenate([cached_scores, current_score[..., None]], axis=-1)
+    return scores, jnp.concatenate([valid, jnp.ones((1,), bool)])
+
+
+def _mix(p, value, v):
+    """sum_s p_s value_s over the cached slots plus p_current * v: [B, H, D]."""
+    return jnp.einsum("bhs,bhsd->bhd", p[..., :-1], value) + p[..., -1:] * v
+
+
+def cached_softmax_attention(q, k, v, key, value, valid) -> jax.Array:
+    """softmax(q k^T / sqrt(d)) v over the valid cached slots and the current position.
+
+    q, k, v [B, H, D] (current position); key, value [B, H, S, D] (cache); valid bool [S].
+    Returns [B, H, D] in the compute dtype (float32 unless float64).
+    """
+    dtype = compute_dtype(q.dtype)
+    q, k, v, key, value = (x.astype(dtype) for x in (q, k, v, key, value))
+    cached = jnp.einsum("bhd,bhsd->bhs", q, key)
+    scores, valid = _with_current(cached, jnp.sum(q * k, axis=-1), valid)
+    p = jax.nn.softmax(jnp.where(valid, scores * q.shape[-1] ** -0.5, -jnp.inf), axis=-1)
+    return _mix(p, value, v)
+
+
+def cached_krause_attention(q, k, v, key, value, valid, *, sigma, top_k) -> jax.Array:
+    """Krause attention over the valid cached slots and the current position.
+
+    Scores -||q - k||^2 / (2 sigma_h^2), top-k over the valid slots, softmax over the survivors
+    (`krause.attention.common`, as `rbf_attention`). Shapes as `cached_softmax_attention`;
+    sigma [H].
+    """
+    dtype = compute_dtype(q.dtype)
+    q, k, v, key, value = (x.astype(dtype) for x in (q, k, v, key, value))
+    cached = neg_sq_dist(q[:, :, None], key)  # [B, H, S]
+    scores, valid = _with_current(cached, neg_sq_dist(q, k), valid)
+    inv_two_sigma_sq = 0.5 / jnp.square(sigma.astype(dtype))
+    p = select_and_normalize(scores * inv_two_sigma_sq[:, None], valid, top_k)
+    return _mix(p, value, v)
 
 
 def _linear_weights(q: jax.Array, k: jax.Array, eps: float = 1e-6) -> jax.Array:
@@ -134,25 +185,31 @@ class CausalSelfAttention(nn.Module):
         return self.out(out)
 
     def step(self, x: jax.Array, cache, position: jax.Array):
-        """One position: x [B, 1, width], cache of this layer, position scalar int32."""
-        q, k, v = self._project(x)
+        """One position: x [B, 1, width], this layer's cache, position scalar int32."""
+        q, k, v = (y[:, 0] for y in self._project(x))  # [B, H, D]
         if self.attention == "linear":
-            cache, out = linear_attention_step(cache, q[:, 0], k[:, 0], v[:, 0])
+            cache, out = linear_attention_step(cache, q, k, v)
             return self.out(out[:, None]), cache
-        slots = cache.key.shape[1]
+        slots = cache.key.shape[2]
         slot = position % slots
-        cache = KVCache(
-            lax.dynamic_update_slice_in_dim(cache.key, k.astype(cache.key.dtype), slot, axis=1),
-            lax.dynamic_update_slice_in_dim(cache.value, v.astype(cache.value.dtype), slot, 1),
-        )
-        valid = (jnp.arange(slots) <= position)[None, None, None, :]
+        # Cached slots in the window: written (< position), minus the slot being overwritten,
+        # which for a full ring buffer holds position - slots (outside the window).
+        valid = (jnp.arange(slots) < position) & (jnp.arange(slots) != slot)
         if self.attention == "softmax":
-            out = softmax_attention(q, cache.key, cache.value, mask=valid)
+            out = cached_softmax_attention(q, k, v, cache.key, cache.value, valid)
         else:
-            out = rbf_attention(
-                q, cache.key, cache.value, sigma=self._sigma(), mask=valid, top_k=self.top_k
+            out = cached_krause_attention(
+                q, k, v, cache.key, cache.value, valid, sigma=self._sigma(), top_k=self.top_k
             )
-        return self.out(out), cache
+        write = lambda buffer, y: lax.dynamic_update_slice_in_dim(
+            buffer, y[:, :, None].astype(buffer.dtype), slot, axis=2
+        )
+        # Make the writes depend on the attention output, so that XLA orders them after the
+        # reads of the old cache and updates it in place (without this dependency it copies
+        # the whole cache twice per step; `optimization_barrier` does not survive on CPU).
+        after_reads = 0 * out[..., :1].astype(k.dtype)
+        cache = KVCache(write(cache.key, k + after_reads), write(cache.value, v + after_reads))
+        return self.out(out[:, None].astype(x.dtype)), cache
 
 
 class Mlp(nn.Module):
@@ -333,14 +390,24 @@ class PixelAR(nn.Module):
 
 
 def init_cache(model: PixelAR, batch: int) -> tuple:
-    """Empty decoding cache of `model` for `batch` sequences: one entry per layer."""
+    """Empty decoding cache of `model` for `batch` sequences: one entry per layer.
+
+    softmax: `KVCache` of `length` slots; krause: `KVCache` of min(window, length) slots (a ring
+    buffer); linear: `LinearAttentionState` (float32 running sums). Every buffer is distinct, so
+    the cache can be donated.
+    """
     head_dim = model.width // model.heads
     if model.attention == "linear":
-        state = init_linear_attention_state(batch, model.heads, head_dim, head_dim, jnp.float32)
-        return tuple(LinearAttentionState(*state) for _ in range(model.depth))
+        return tuple(
+            init_linear_attention_state(batch, model.heads, head_dim, head_dim, jnp.float32)
+            for _ in range(model.depth)
+        )
     slots = model.length if model.attention == "softmax" else min(model.window, model.length)
-    zeros = jnp.zeros((batch, slots, model.heads, head_dim), model.dtype)
-    return tuple(KVCache(zeros, zeros) for _ in range(model.depth))
+    shape = (batch, model.heads, slots, head_dim)
+    return tuple(
+        KVCache(jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype))
+        for _ in range(model.depth)
+    )
 
 
 MNIST = dict(image_shape=(28, 28, 1), width=256, depth=12, heads=8, window=128, top_k=96)

@@ -1,0 +1,306 @@
+"""Benchmark whole models: ViT vs KViT train steps, and ARM / LARM / KARM cached sampling.
+
+(a) Train step = forward, backward and AdamW update of ViT-S/4 vs KViT-S/4 (32x32 images) and
+    ViT-S/16 vs KViT-S/16 (224x224), under `jax.jit` with donated state, warmed up, median of
+    repeats. Models come from `krause.models.get_model` with their registered defaults
+    (`--layout` overrides the block layout of both, e.g. `pre_ln` for a controlled comparison).
+(b) Sampling throughput: images per second of `krause.models.sampling.sample` (one jitted scan
+    over the positions with the decoding cache: masked preallocated cache for ARM, ring buffer of
+    the last W keys/values for KARM, running sums for LARM), warmed up (compile excluded), median
+    of repeats. MNIST size uses the full 12-layer model; CIFAR-10 size the full 3072-token,
+    width-512 model at a reduced depth (stated in the output).
+
+Timings are wall clock and depend on everything else running on the machine: the output records
+the CPU count and the load average before and after.
+
+Usage:
+  python scripts/bench_models.py                          # everything (~30 min on 2 CPU cores)
+  python scripts/bench_models.py --quick                  # smoke run: tiny depths and batches
+  python scripts/bench_models.py --only sample --json results/bench_models.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from krause.models import get_model
+from krause.models.sampling import sample
+
+ATTENTION_NAMES = {"softmax": "ARM", "linear": "LARM", "krause": "KARM"}
+
+
+def machine() -> dict:
+    cpu_model = ""
+    if Path("/proc/cpuinfo").exists():
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    return dict(
+        cpus=os.cpu_count(),
+        cpu_model=cpu_model or platform.processor() or platform.machine(),
+        jax=jax.__version__,
+        backend=jax.default_backend(),
+        python=platform.python_version(),
+        date=datetime.datetime.now().isoformat(timespec="seconds"),
+        load_average_before=[round(x, 2) for x in os.getloadavg()],
+    )
+
+
+def param_count(params) -> int:
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+
+
+def median_time(fn, repeats: int) -> tuple[float, list[float]]:
+    """Median wall time of `fn()` (which must block until its results are ready)."""
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), times
+
+
+# ---------------------------------------------------------------------------------------------
+# (a) ViT / KViT train steps
+
+
+def time_train_step(name: str, batch: int, repeats: int, overrides: dict) -> dict:
+    model = get_model(name, num_classes=10, **overrides)
+    size = model.image_size
+    images = jax.random.normal(jax.random.key(0), (batch, size, size, 3), jnp.float32)
+    labels = jax.random.randint(jax.random.key(1), (batch,), 0, 10)
+    init = jax.jit(lambda key, x: model.init({"params": key}, x, train=False))
+    params = init(jax.random.key(2), images[:1])["params"]
+    optimizer = optax.adamw(1e-3, weight_decay=0.05)
+    opt_state = optimizer.init(params)
+
+    def train_step(params, opt_state, key):
+        def loss_fn(p):
+            logits = model.apply({"params": p}, images, train=True, rngs={"dropout": key})
+            return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    train_step = jax.jit(train_step, donate_argnums=(0, 1))
+    start = time.perf_counter()
+    state = train_step(params, opt_state, jax.random.key(3))
+    jax.block_until_ready(state)
+    compile_s = time.perf_counter() - start
+    state = jax.block_until_ready(train_step(state[0], state[1], jax.random.key(4)))  # warm-up
+
+    def run():
+        nonlocal state
+        state = jax.block_until_ready(train_step(state[0], state[1], jax.random.key(5)))
+
+    median, times = median_time(run, repeats)
+    return dict(
+        model=name,
+        attention=model.attention,
+        layout=model.layout,
+        image_size=size,
+        patch_size=model.patch_size,
+        depth=model.depth,
+        batch=batch,
+        params=param_count(params),
+        compile_s=round(compile_s, 2),
+        step_s=median,
+        step_s_all=[round(t, 4) for t in times],
+        images_per_s=batch / median,
+        loss_finite=bool(np.isfinite(float(state[2]))),
+    )
+
+
+def bench_train(args) -> list[dict]:
+    overrides = {} if args.layout is None else {"layout": args.layout}
+    if args.quick:
+        overrides["depth"] = 2
+    pairs = (("vit_s4", "kvit_s4", args.batch_cifar), ("vit_s16", "kvit_s16", args.batch_imagenet))
+    rows = []
+    for baseline, krause, batch in pairs:
+        for name in (baseline, krause):
+            row = time_train_step(name, batch, args.repeats, overrides)
+            print(_train_line(row), flush=True)
+            rows.append(row)
+    return rows
+
+
+def _train_line(row: dict) -> str:
+    return (
+        f"{row['model']:<9} {row['image_size']:>3}px  depth {row['depth']:>2}  "
+        f"batch {row['batch']:>3}  {row['params']:>11,d} params  "
+        f"{row['step_s'] * 1e3:9.1f} ms/step  {row['images_per_s']:8.1f} img/s  "
+        f"(compile {row['compile_s']:.0f} s)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# (b) cached sampling
+
+
+def time_sampling(name: str, attention: str, num_images: int, repeats: int, overrides) -> dict:
+    model = get_model(name, attention=attention, **overrides)
+    dummy = jnp.zeros((1, model.length), jnp.int32)
+    params = jax.jit(model.init)({"params": jax.random.key(0)}, dummy)["params"]
+    run = lambda seed: jax.block_until_ready(
+        sample(model, params, jax.random.key(seed), num_images, temperature=1.0)
+    )
+    start = time.perf_counter()
+    run(0)
+    first_s = time.perf_counter() - start  # compile + one run
+    seeds = iter(range(1, repeats + 1))
+    median, times = median_time(lambda: run(next(seeds)), repeats)
+    cache_slots = {"softmax": model.length, "krause": min(model.window, model.length)}
+    return dict(
+        model=name,
+        variant=ATTENTION_NAMES[attention],
+        attention=attention,
+        length=model.length,
+        width=model.width,
+        depth=model.depth,
+        window=model.window if attention == "krause" else None,
+        top_k=model.top_k if attention == "krause" else None,
+        cache_slots=cache_slots.get(attention),
+        num_images=num_images,
+        params=param_count(params),
+        first_call_s=round(first_s, 2),
+        sample_s=median,
+        sample_s_all=[round(t, 3) for t in times],
+        images_per_s=num_images / median,
+        ms_per_step=median / model.length * 1e3,
+    )
+
+
+def bench_sampling(args) -> list[dict]:
+    mnist_depth = 2 if args.quick else 12
+    cases = (
+        ("pixel_ar_mnist", {"depth": mnist_depth}, args.num_images_mnist),
+        ("pixel_ar_cifar10", {"depth": args.cifar_depth}, args.num_images_cifar),
+    )
+    rows = []
+    for name, overrides, num_images in cases:
+        for attention in ATTENTION_NAMES:
+            row = time_sampling(name, attention, num_images, args.sample_repeats, overrides)
+            print(_sample_line(row), flush=True)
+            rows.append(row)
+        arm = rows[-3]["images_per_s"]
+        for row in rows[-3:]:
+            row["speedup_vs_arm"] = row["images_per_s"] / arm
+    return rows
+
+
+def _sample_line(row: dict) -> str:
+    return (
+        f"{row['variant']:<5} {row['model']:<17} L {row['length']:>4}  depth {row['depth']:>2}  "
+        f"{row['num_images']:>3} images  {row['images_per_s']:8.3f} img/s  "
+        f"{row['ms_per_step']:7.2f} ms/step  (first call {row['first_call_s']:.0f} s)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def table(result: dict) -> str:
+    m = result["machine"]
+    lines = [
+        f"machine: {m['cpus']} CPUs ({m['cpu_model']}), jax {m['jax']} ({m['backend']}), "
+        f"python {m['python']}, {m['date']}",
+        f"load average before {m['load_average_before']}, after {m['load_average_after']}",
+        f"command: {result['command']}",
+    ]
+    if result["train"]:
+        lines += [
+            "",
+            "(a) train step: forward + backward + AdamW, jit, warmed up, median of "
+            f"{result['args']['repeats']}",
+            "| model | image | depth | batch | params | ms / step | images / s | K / baseline |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        rows = result["train"]
+        for i, row in enumerate(rows):
+            ratio = row["step_s"] / rows[i - i % 2]["step_s"]
+            lines.append(
+                f"| {row['model']} ({row['layout']}) | {row['image_size']} | {row['depth']} | "
+                f"{row['batch']} | {row['params']:,d} | {row['step_s'] * 1e3:.1f} | "
+                f"{row['images_per_s']:.2f} | {ratio:.2f}x time |"
+            )
+    if result["sample"]:
+        lines += [
+            "",
+            "(b) cached sampling, temperature 1, jit, compile excluded, median of "
+            f"{result['args']['sample_repeats']}",
+            "| model | size | tokens | depth | cache slots | images | images / s | ms / step "
+            "| speed vs ARM |",
+            "|---|---|---|---|---|---|---|---|---|",
+        ]
+        for row in result["sample"]:
+            size = "MNIST" if "mnist" in row["model"] else "CIFAR-10"
+            slots = row["cache_slots"] if row["cache_slots"] is not None else "running sums"
+            lines.append(
+                f"| {row['variant']} | {size} | {row['length']} | {row['depth']} | {slots} | "
+                f"{row['num_images']} | {row['images_per_s']:.3f} | {row['ms_per_step']:.2f} | "
+                f"{row['speedup_vs_arm']:.2f}x |"
+            )
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: depth 2, tiny batches")
+    parser.add_argument("--only", choices=("train", "sample"), help="run one part only")
+    parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
+    parser.add_argument("--layout", help="ViT block layout for both models (default: registry)")
+    parser.add_argument("--batch-cifar", type=int, default=None, help="train batch at 32x32")
+    parser.add_argument("--batch-imagenet", type=int, default=None, help="train batch at 224")
+    parser.add_argument("--repeats", type=int, default=None, help="timed train steps")
+    parser.add_argument("--num-images-mnist", type=int, default=None)
+    parser.add_argument("--num-images-cifar", type=int, default=None)
+    parser.add_argument("--cifar-depth", type=int, default=None, help="CIFAR-size sampling depth")
+    parser.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs")
+    args = parser.parse_args()
+    defaults = dict(
+        batch_cifar=(4, 64),
+        batch_imagenet=(2, 16),
+        repeats=(2, 5),
+        num_images_mnist=(2, 16),
+        num_images_cifar=(1, 4),
+        cifar_depth=(1, 4),
+        sample_repeats=(1, 3),
+    )
+    for key, (quick, full) in defaults.items():
+        if getattr(args, key) is None:
+            setattr(args, key, quick if args.quick else full)
+
+    result = dict(
+        machine=machine(),
+        command="python " + " ".join(sys.argv),
+        args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        train=bench_train(args) if args.only != "sample" else [],
+        sample=bench_sampling(args) if args.only != "train" else [],
+    )
+    result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    print()
+    print(table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
