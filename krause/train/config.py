@@ -1,0 +1,249 @@
+"""The trainer's config schema and helpers for config files (`configs/*.py`).
+
+A config file defines `get_config(arg)` and builds on `base_config()`:
+
+    from krause.train import config as tc
+
+    def get_config(arg=None):
+        arg = tc.parse_arg(arg, model="kvit_t4", dataset="cifar10", smoke=False)
+        config = tc.base_config()
+        config.model_name = arg.model
+        config.model = tc.model_config(arg.model, num_classes=10)
+        config.input = krause.data.default_input_config(arg.dataset, "cifar")
+        ...
+        return config
+
+Durations are given in steps, epochs or a fraction of the run (`resolve_steps`), as in big_vision.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import typing
+from typing import Any
+
+import ml_collections
+
+from krause.data import default_input_config
+
+ConfigDict = ml_collections.ConfigDict
+_placeholder = ml_collections.config_dict.placeholder
+
+
+def base_config() -> ConfigDict:
+    """Every trainer field with its default. Fields (units in brackets):
+
+    seed: PRNG seed of initialisation, dropout and the data order (the recipes' 3407).
+    model_name: registry name (`krause.models.model_names()`); model: every field of that model
+      (`model_config`), passed to `get_model(model_name, **model)`.
+    input: the input config (`krause.data.default_input_config`); `input.global_batch_size` is
+      the batch of one optimizer step, summed over all devices and hosts.
+    dtype: compute dtype of the model ("float32" or "bfloat16"); parameters, optimizer state and
+      the loss stay float32.
+    total_steps | total_epochs: length of the run. Several durations below accept `*_steps`,
+      `*_epochs` (passes over the training split: steps = int(epochs * num_train / batch)) or
+      `*_fraction` (of total steps); if several are set, steps win over epochs over fraction
+      (logged), so `--config.total_steps=100` overrides a file's `total_epochs`.
+    warmup_steps | warmup_epochs | warmup_fraction: linear warm-up from 0 to `lr`, then cosine
+      decay to 0 at the last step (`optax.warmup_cosine_decay_schedule`).
+    lr, wd: peak learning rate and AdamW's decoupled weight decay (multiplied by the lr, as in
+      optax and PyTorch). adam: b1, b2, eps.
+    decay_all: False (default) applies weight decay only to weight matrices and convolution
+      kernels: biases, LayerNorm scales and offsets, the CLS token, position and token
+      embeddings, Swin's relative position bias table and the Krause widths `log_sigma` are
+      not decayed. True decays every parameter, as the paper's reference code does.
+    grad_clip_norm: clip gradients to this global norm (None: no clipping).
+    grad_accum_steps: split each step's batch into this many micro-batches whose gradients are
+      averaged before one optimizer update (`optax.MultiSteps`); the data order is unchanged.
+    log_every_steps: training metrics, sigma and progress every this many steps.
+    eval_every_steps | eval_every_epochs | eval_every_fraction: test-set evaluation period; the
+      last step is always evaluated and its numbers are the run's result (no selection).
+    checkpoint_every_steps | checkpoint_every_epochs | checkpoint_every_fraction: checkpoint
+      period; the last step is always saved. keep_checkpoints: how many to keep.
+    distributed: call `jax.distributed.initialize()` (several hosts). It is also called when
+      the environment says so (JAX_COORDINATOR_ADDRESS, or a SLURM/Open MPI job of several
+      tasks).
+    """
+    config = ConfigDict()
+    config.seed = 3407
+    config.model_name = "vit_t4"
+    config.model = ConfigDict()
+    config.input = default_input_config("cifar10", "none")
+    config.dtype = "float32"
+
+    config.total_steps = _placeholder(int)
+    config.total_epochs = _placeholder(float)
+    config.warmup_steps = _placeholder(int)
+    config.warmup_epochs = _placeholder(float)
+    config.warmup_fraction = _placeholder(float)
+
+    config.lr = 3e-4
+    config.wd = 0.05
+    config.adam = ConfigDict({"b1": 0.9, "b2": 0.999, "eps": 1e-8})
+    config.decay_all = False
+    config.grad_clip_norm = _placeholder(float)  # typed, so a config may set None
+    config.grad_clip_norm = 1.0
+    config.grad_accum_steps = 1
+
+    config.log_every_steps = 50
+    config.eval_every_steps = _placeholder(int)
+    config.eval_every_epochs = _placeholder(float)
+    config.eval_every_fraction = _placeholder(float)
+    config.checkpoint_every_steps = _placeholder(int)
+    config.checkpoint_every_epochs = _placeholder(float)
+    config.checkpoint_every_fraction = _placeholder(float)
+    config.keep_checkpoints = 3
+    config.distributed = False
+    return config
+
+
+# ------------------------------------------------------------------------------ durations
+
+
+def resolve_steps(
+    config: ConfigDict, prefix: str, *, steps_per_epoch: float, total_steps: int | None = None
+) -> int | None:
+    """`{prefix}_steps`, `{prefix}_epochs` or `{prefix}_fraction` of `config` as a step count.
+
+    Precedence steps > epochs > fraction (the overridden ones are logged). None if none is set.
+    Epochs: int(epochs * steps_per_epoch); fraction: int(fraction * total_steps).
+    """
+    candidates = {
+        "steps": config.get(f"{prefix}_steps"),
+        "epochs": config.get(f"{prefix}_epochs"),
+        "fraction": config.get(f"{prefix}_fraction"),
+    }
+    given = [unit for unit, value in candidates.items() if value is not None]
+    if not given:
+        return None
+    unit = given[0]
+    if len(given) > 1:
+        logging.info(
+            "%s_%s=%s takes precedence over %s.",
+            prefix,
+            unit,
+            candidates[unit],
+            ", ".join(f"{prefix}_{u}={candidates[u]}" for u in given[1:]),
+        )
+    value = candidates[unit]
+    if value < 0:
+        raise ValueError(f"{prefix}_{unit} must be >= 0, got {value}.")
+    if unit == "steps":
+        return int(value)
+    if unit == "epochs":
+        return int(value * steps_per_epoch)
+    if total_steps is None:
+        raise ValueError(f"{prefix}_fraction needs the total number of steps.")
+    return int(value * total_steps)
+
+
+# ------------------------------------------------------------------------------ config files
+
+
+def parse_arg(arg: str | None, **spec: Any) -> ConfigDict:
+    """Parses a config-file argument "key=value,flag,..." against defaults (big_vision's habit).
+
+    `spec` gives every known key with its default; a value is converted to the default's type
+    (bool: true/false/1/0/yes/no; a bare key means True). A default of None keeps strings.
+    The string "none" gives None. Unknown keys are an error listing the known ones.
+    """
+    result = ConfigDict(spec, type_safe=False)
+    for item in filter(None, (arg or "").split(",")):
+        key, _, value = item.partition("=")
+        key = key.strip()
+        if key not in spec:
+            raise ValueError(
+                f"Unknown config argument {key!r} in {arg!r}; known arguments:"
+                f" {', '.join(f'{k} (default {v!r})' for k, v in spec.items())}."
+            )
+        result[key] = _convert(key, value.strip() if "=" in item else None, spec[key])
+    return result
+
+
+def _convert(key: str, value: str | None, default: Any) -> Any:
+    if value is None:
+        if not isinstance(default, bool):
+            raise ValueError(f"Config argument {key!r} needs a value ({key}=...).")
+        return True
+    if value.lower() == "none":
+        return None
+    if isinstance(default, bool):
+        truth = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+        if value.lower() not in truth:
+            raise ValueError(f"Config argument {key}={value!r} is not a boolean.")
+        return truth[value.lower()]
+    if isinstance(default, int | float):
+        return type(default)(value)
+    return value
+
+
+def model_config(name: str, **overrides: Any) -> ConfigDict:
+    """Every field of registered model `name` (its registry defaults, then `overrides`).
+
+    So `--config.model.FIELD=VALUE` works for any field, and the saved config records the whole
+    model. The compute dtype is not a model field here: it is `config.dtype`. Fields that default
+    to None become typed placeholders (e.g. `drop_path_rate`), overridable from the command line.
+    """
+    from krause.models import get_model
+
+    module = get_model(name, **overrides)
+    hints = typing.get_type_hints(type(module))
+    fields = ConfigDict()
+    for field in dataclasses.fields(module):
+        if field.name in ("parent", "name", "dtype", "param_dtype") or not field.init:
+            continue
+        value = getattr(module, field.name)
+        if value is None:
+            fields[field.name] = _placeholder(_optional_type(hints.get(field.name)))
+        else:
+            fields[field.name] = value
+    return fields
+
+
+def _optional_type(hint: Any) -> type:
+    """The non-None member of an `X | None` annotation (object if unclear)."""
+    members = [t for t in typing.get_args(hint) if t is not type(None)]
+    if len(members) == 1 and isinstance(members[0], type):
+        return members[0]
+    return hint if isinstance(hint, type) else object
+
+
+def field_paths(config: ConfigDict, prefix: str = "") -> list[str]:
+    """Dotted paths of every leaf field of `config`, e.g. ["input.dataset", "lr", ...]."""
+    paths = []
+    for key in sorted(config.keys()):
+        value = config[key]
+        path = f"{prefix}{key}"
+        if isinstance(value, ConfigDict):
+            paths.extend(field_paths(value, path + "."))
+        else:
+            paths.append(path)
+    return paths
+
+
+def unknown_field_message(config: ConfigDict, path: str) -> str | None:
+    """An error message if dotted `path` is not a field of `config` (else None)."""
+    node: Any = config
+    parts = path.split(".")
+    for depth, part in enumerate(parts):
+        if not isinstance(node, ConfigDict) or part not in node:
+            parent = ".".join(parts[:depth])
+            where = f" in config.{parent}" if parent else ""
+            siblings = field_paths(node) if isinstance(node, ConfigDict) else []
+            return (
+                f"No field {part!r}{where} (override --config.{path}). "
+                f"Known fields{where}: {', '.join(siblings)}."
+            )
+        node = node[part]
+    return None
+
+
+def input_config(dataset: str, recipe: str, **overrides: Any) -> ConfigDict:
+    """`krause.data.default_input_config(dataset, recipe)` with field `overrides`."""
+    config = default_input_config(dataset, recipe)
+    for key, value in overrides.items():
+        if key not in config:
+            raise ValueError(f"No input field {key!r}; known: {sorted(config.keys())}.")
+        config[key] = value
+    return config
