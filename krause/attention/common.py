@@ -24,9 +24,22 @@ def top_k_keep(scores: jax.Array, valid: jax.Array | None, top_k: int | None) ->
     Ties at the k-th value are all kept. top_k None (or >= n) keeps every valid entry.
     """
     keep = jnp.ones(scores.shape, bool) if valid is None else jnp.broadcast_to(valid, scores.shape)
-    if top_k is not None and top_k < scores.shape[-1]:
-        keep = keep & (scores >= kth_largest(scores, top_k, keep))
-    return keep
+    if top_k is None or top_k >= scores.shape[-1]:
+        return keep
+    return keep_above(scores, keep, kth_largest(scores, top_k, keep))
+
+
+def keep_above(scores: jax.Array, keep: jax.Array, threshold: jax.Array) -> jax.Array:
+    """keep & (scores >= threshold), and always each row's best kept entry.
+
+    XLA may recompute `scores` inside several fusions and round the copies differently (e.g. FMA
+    contraction in one but not another), so the entry that defined the threshold can fall one
+    ulp below it. The row's argmax, a materialised reduction, is kept by index: rows are never
+    empty (the result can only lose entries within rounding of the threshold).
+    """
+    best = jnp.argmax(jnp.where(keep, scores, -jnp.inf), axis=-1, keepdims=True)
+    is_best = jnp.arange(scores.shape[-1]) == best
+    return keep & ((scores >= threshold) | is_best)
 
 
 def masked_softmax(scores: jax.Array, keep: jax.Array) -> jax.Array:

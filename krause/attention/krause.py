@@ -29,6 +29,7 @@ import numpy as np
 from krause.attention import local
 from krause.attention.common import (
     compute_dtype,
+    keep_above,
     masked_softmax,
     neg_sq_dist,
     select_and_normalize,
@@ -137,13 +138,18 @@ def _rbf(q, k, v, inv, mask, bias, top_k):
 
 
 def _dense(q, k, v, inv, nb, top_k):
-    """Masked dense scores through matmuls; ||q||^2 is dropped (row constant).
+    """Masked dense scores through matmuls: -||q - k||^2 = 2 q.k - ||k||^2 - ||q||^2 with q and k
+    centred on the keys' mean first (exact: distances are translation invariant; it keeps float32
+    accurate when q and k are large but close), and ||q||^2 dropped (a row constant).
 
     The top-k threshold is found on each query's neighbour slots (a gather of |N(i)| scores)
     rather than on the whole row, which is what makes this path cheap for short sequences.
     """
-    dots = jnp.einsum("bihd,bjhd->bhij", q, k)
-    scores = 2.0 * dots - jnp.moveaxis(jnp.sum(jnp.square(k), axis=-1), -1, 1)[:, :, None, :]
+    # Rounded to integers so that small or integer-valued inputs stay exact (ties stay ties).
+    centre = jax.lax.stop_gradient(jnp.round(jnp.mean(k, axis=1, keepdims=True)))
+    q, k_c = q - centre, k - centre
+    dots = jnp.einsum("bihd,bjhd->bhij", q, k_c)
+    scores = 2.0 * dots - jnp.moveaxis(jnp.sum(jnp.square(k_c), axis=-1), -1, 1)[:, :, None, :]
     scores = scores * inv[:, None, None]  # [B, H, N, N]
     keep = jnp.asarray(dense_mask(nb))
     if top_k is not None and top_k < max_neighbors(nb):
@@ -154,7 +160,7 @@ def _dense(q, k, v, inv, nb, top_k):
             slot_index = jnp.asarray(np.maximum(table, 0))[None, None]
             slots = jnp.take_along_axis(scores[:, :, g:], slot_index, axis=-1)
             thresholds.append(kth_largest(slots, top_k, jnp.asarray(table >= 0)))
-        keep = keep & (scores >= jnp.concatenate(thresholds, axis=2))
+        keep = keep_above(scores, keep, jnp.concatenate(thresholds, axis=2))
     p = masked_softmax(scores, keep)
     return jnp.einsum("bhij,bjhd->bihd", p, v), p
 
@@ -249,9 +255,8 @@ def krause_attention(
         out, p = local.causal_blocked(q32, k32, v32, inv, nb, top_k)
         if return_weights:
             local_values = local.causal_blocked_weights(p, nb.length, min(nb.window, nb.length))
-            weights = KrauseWeights(
-                local_values, jnp.asarray(index_table(nb)), local_values[:, :0, :, :0]
-            )
+            no_global = jnp.zeros((q.shape[0], 0, q.shape[2], nb.length), local_values.dtype)
+            weights = KrauseWeights(local_values, jnp.asarray(index_table(nb)), no_global)
     else:
         fn = local.grid_stencil if impl == "stencil" else _gather
         out, p_local, p_global = fn(q32, k32, v32, inv, nb, top_k)

@@ -5,8 +5,8 @@
   gather, no [N, N] array. Global (CLS) queries are dense rows, O(N) each.
 * `causal_blocked`: causal windows. Queries are cut into blocks of C; block b attends to the
   key blocks b - P .. b with P = ceil((W - 1) / C), i.e. (P + 1) * C ~ W + C keys per query
-  instead of N. Scores use matmuls: -||q - k||^2 = 2 q.k - ||k||^2 - ||q||^2, where ||q||^2 is
-  dropped because a per-row constant changes neither the top-k set nor the softmax.
+  instead of N. Scores use matmuls: -||q - k||^2 = 2 q.k - ||k||^2 - ||q||^2 on block-centred
+  q and k, where ||q||^2 is dropped: a per-row constant changes neither top-k nor the softmax.
 
 Both take inputs already in the compute dtype and `inv_two_sigma_sq` of shape [heads], and return
 (out [B, N, H, Dv], probabilities in the compact per-slot layout of `index_table`).
@@ -104,6 +104,14 @@ def causal_blocked(
     )  # [B, H, blocks, (prev + 1) * C, D]
     k_ctx, v_ctx = context(to_blocks(k, prev * c)), context(to_blocks(v, prev * c))
 
+    # Centre each block on the mean of its own keys: exact (distances are translation invariant)
+    # and keeps the expanded form accurate in float32 when q and k are large but close.
+    # The centre (mean of the block's real keys) is rounded to integers so that small or
+    # integer-valued inputs stay exact.
+    real_keys = np.minimum(c, n - c * np.arange(blocks)).reshape(blocks, 1, 1)
+    centre = jnp.sum(to_blocks(k, 0), axis=3, keepdims=True) / real_keys
+    centre = jax.lax.stop_gradient(jnp.round(centre))
+    q_blk, k_ctx = q_blk - centre, k_ctx - centre
     dots = jnp.einsum("bhntd,bhncd->bhntc", q_blk, k_ctx)
     scores = 2.0 * dots - jnp.sum(jnp.square(k_ctx), axis=-1)[:, :, :, None, :]
     scores = scores * inv_two_sigma_sq[None, :, None, None, None]

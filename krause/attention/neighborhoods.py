@@ -188,4 +188,4 @@ def max_neighbors(nb: Neighborhood) -> int:
     """Largest |N(i)| over all queries (top-k at or above this keeps everything)."""
     if nb.num_global_queries > 0:
         return nb.length
-    return index_table(nb).shape[1]
+    return int(np.max(np.sum(index_table(nb) >= 0, axis=1)))

@@ -37,7 +37,7 @@ def _kth_largest_key(key: jax.Array, k: int) -> jax.Array:
     utype = key.dtype.type
 
     def step(i, prefix):
-        candidate = prefix | (utype(1) << (bits - 1 - i).astype(key.dtype))
+        candidate = prefix | (utype(1) << lax.convert_element_type(bits - 1 - i, key.dtype))
         count = jnp.sum(key >= candidate, axis=-1, keepdims=True, dtype=jnp.int32)
         return jnp.where(count >= k, candidate, prefix)
 
