@@ -37,12 +37,11 @@ def tiny(name: str, **overrides):
     return MODELS["pixel_ar_mnist"](**{**TINY, **VARIANTS[name], **overrides})
 
 
-def random_params(model, seed: int, scale: float = 0.3):
+def random_params(model, rng: np.random.Generator, scale: float = 0.3):
     """Parameters drawn with NumPy (no compiled init): N(0, scale^2) around the initial values
     (LayerNorm scales 1, sigma 2.5), large enough that attention is far from uniform."""
     dummy = jax.ShapeDtypeStruct((1, model.length), jnp.int32)
     shapes = jax.eval_shape(lambda t: model.init({"params": jax.random.key(0)}, t), dummy)
-    rng = np.random.default_rng(seed)
 
     def draw(path, leaf):
         name = jax.tree_util.keystr(path[-1:])
@@ -52,8 +51,15 @@ def random_params(model, seed: int, scale: float = 0.3):
     return jax.tree_util.tree_map_with_path(draw, shapes["params"])
 
 
-def random_tokens(model, seed: int, batch: int = 3):
-    return jax.random.randint(jax.random.key(seed), (batch, model.length), 0, 256, jnp.int32)
+def random_tokens(model, rng: np.random.Generator, batch: int = 3):
+    return jnp.asarray(rng.integers(0, model.vocab_size, (batch, model.length)), jnp.int32)
+
+
+def seeded(seed: int) -> np.random.Generator:
+    """Fixed seeds for the tests that compare sampled tokens exactly: a near-tie of the two
+    largest logits (within rounding, ~1e-6) could flip an argmax between two correct
+    computations, so those tests use inputs known to have no such tie."""
+    return np.random.default_rng(seed)
 
 
 @functools.cache
@@ -92,7 +98,7 @@ def test_parameter_counts(name, attention, expected):
 def test_initialisation():
     """Real init: sigma 2.5 in every head of every layer, logits near uniform (loss ~ ln 256)."""
     model = tiny("krause")
-    tokens = random_tokens(model, seed=0)
+    tokens = random_tokens(model, seeded(0))
     params = jax.jit(model.init)({"params": jax.random.key(0)}, tokens)["params"]
     for layer in range(model.depth):
         np.testing.assert_allclose(jnp.exp(params[f"blocks_{layer}"]["attn"]["log_sigma"]), 2.5)
@@ -111,25 +117,28 @@ def test_initialisation():
         ("krause", {"window": 4, "top_k": None, "attention_impl": "gather"}),
     ],
 )
-def test_cached_decoding_matches_full_forward(name, overrides):
+def test_cached_decoding_matches_full_forward(name, overrides, rng):
     model = tiny(name, **overrides)
-    params = random_params(model, seed=1)
-    tokens = random_tokens(model, seed=2)
+    params = random_params(model, rng)
+    tokens = random_tokens(model, rng)
     full = forward(model, params, tokens)
     assert float(jnp.std(full[:, 1:] - full[:, :1])) > 0.1  # positions differ: a real test
     np.testing.assert_allclose(cached_logits(model, params, tokens), full, rtol=1e-4, atol=1e-4)
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_full_forward_is_causal(name):
+def test_full_forward_is_causal(name, rng):
     model = tiny(name)
-    params = random_params(model, seed=3)
-    tokens = random_tokens(model, seed=4)
+    params = random_params(model, rng)
+    tokens = random_tokens(model, rng)
     base = forward(model, params, tokens)
     for j in (0, 6, 13, model.length - 1):
         changed = tokens.at[:, j].set((tokens[:, j] + 97) % 256)
         logits = forward(model, params, changed)
-        np.testing.assert_allclose(logits[:, : j + 1], base[:, : j + 1], rtol=0, atol=1e-6)
+        # Rounding-level differences (~1e-6) are allowed: the matmul-based Krause paths
+        # (impl "dense", "blocked") let a later key move earlier outputs by float32 rounding
+        # inside XLA's fusions, although their weights on it are exactly zero.
+        np.testing.assert_allclose(logits[:, : j + 1], base[:, : j + 1], rtol=0, atol=2e-5)
         if j + 1 < model.length:  # token j is the input that predicts position j + 1
             assert float(jnp.max(jnp.abs(logits[:, j + 1] - base[:, j + 1]))) > 1e-3
 
@@ -147,7 +156,7 @@ def greedy_by_full_passes(model, params, prefix: np.ndarray) -> np.ndarray:
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_zero_temperature_sampling_is_greedy(name):
     model = tiny(name)
-    params = random_params(model, seed=5)
+    params = random_params(model, seeded(5))
     expected = greedy_by_full_passes(model, params, np.zeros((3, 0), np.int32))
     for temperature in (0.0, 1e-6):
         tokens = sample(model, params, jax.random.key(6), num_images=3, temperature=temperature)
@@ -155,30 +164,30 @@ def test_zero_temperature_sampling_is_greedy(name):
         np.testing.assert_array_equal(tokens, expected)
 
 
-def test_sampling_depends_on_rng_and_stays_in_range():
+def test_sampling_depends_on_rng_and_stays_in_range(rng):
     model = tiny("krause")
-    params = random_params(model, seed=7)
+    params = random_params(model, rng)
     a = sample(model, {"params": params}, jax.random.key(0), num_images=3)
     b = sample(model, {"params": params}, jax.random.key(1), num_images=3)
     assert not np.array_equal(a, b)
     assert int(a.min()) >= 0 and int(a.max()) < 256
 
 
-def test_first_token_follows_the_model_distribution():
+def test_first_token_follows_the_model_distribution(rng):
     """Position 0 has no input token: its samples must follow softmax(logits[:, 0])."""
     model = tiny("linear", vocab_size=4, image_shape=(1, 3, 1))
-    params = random_params(model, seed=8, scale=1.0)
+    params = random_params(model, rng, scale=1.0)
     probs = np.asarray(jax.nn.softmax(forward(model, params, jnp.zeros((1, 3), jnp.int32))[0, 0]))
     n = 4000
     tokens = np.asarray(sample(model, params, jax.random.key(9), num_images=n))
     freq = np.bincount(tokens[:, 0], minlength=4) / n
-    assert np.max(np.abs(freq - probs)) < 4 * math.sqrt(0.25 / n), (freq, probs)
+    assert np.max(np.abs(freq - probs)) < 5 * math.sqrt(0.25 / n), (freq, probs)  # 5 sigma
 
 
 def test_completion_keeps_prefix_and_continues_greedily():
     model = tiny("krause")
-    params = random_params(model, seed=10)
-    prefix = np.asarray(random_tokens(model, seed=11, batch=1))[:, :9]
+    params = random_params(model, seeded(10))
+    prefix = np.asarray(random_tokens(model, seeded(11), batch=1))[:, :9]
     tokens = complete(model, params, jax.random.key(12), prefix, num_samples=3)
     assert tokens.shape == (1, 3, model.length)
     np.testing.assert_array_equal(tokens[:, :, :9], np.repeat(prefix[:, None], 3, axis=1))
@@ -189,10 +198,10 @@ def test_completion_keeps_prefix_and_continues_greedily():
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_train_step_jits_with_finite_gradients(name):
+def test_train_step_jits_with_finite_gradients(name, rng):
     model = tiny(name)
-    tokens = random_tokens(model, seed=14)
-    variables = {"params": random_params(model, seed=0, scale=0.02)}
+    tokens = random_tokens(model, rng)
+    variables = {"params": random_params(model, rng, scale=0.02)}
 
     @jax.jit
     def loss_and_grads(params, dropout_key):
@@ -211,20 +220,20 @@ def test_train_step_jits_with_finite_gradients(name):
     assert not np.allclose(grads["head"]["kernel"], grads_other_dropout["head"]["kernel"])
 
 
-def test_bfloat16_compute_runs():
+def test_bfloat16_compute_runs(rng):
     model = tiny("krause", dtype=jnp.bfloat16)
-    tokens = random_tokens(model, seed=15, batch=2)
-    params = random_params(model, seed=16)
+    tokens = random_tokens(model, rng, batch=2)
+    params = random_params(model, rng)
     logits = forward(model, params, tokens)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
     assert params["blocks_0"]["attn"]["qkv"]["kernel"].dtype == jnp.float32
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))
-def test_capture_sows_hidden_states_and_weights(name):
+def test_capture_sows_hidden_states_and_weights(name, rng):
     model = tiny(name, capture=True)
-    tokens = random_tokens(model, seed=17, batch=2)
-    params = random_params(model, seed=18)
+    tokens = random_tokens(model, rng, batch=2)
+    params = random_params(model, rng)
     apply = jax.jit(lambda p, t: model.apply({"params": p}, t, mutable=["intermediates"]))
     _, state = apply(params, tokens)
     block = state["intermediates"]["blocks_1"]
@@ -242,8 +251,7 @@ def test_capture_sows_hidden_states_and_weights(name):
         assert float(jnp.max(jnp.where(upper, jnp.abs(weights), 0))) == 0.0
 
 
-def test_image_helpers_use_row_column_channel_order(tmp_path):
-    rng = np.random.default_rng(19)
+def test_image_helpers_use_row_column_channel_order(tmp_path, rng):
     images = rng.integers(0, 256, (5, 3, 4, 3), dtype=np.uint8)
     tokens = images_to_tokens(images)
     assert tokens.shape == (5, 36)
