@@ -17,7 +17,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from krause.train.config import unknown_field_message
+from krause.train.config import load_config, unknown_field_message
 
 FLAGS = flags.FLAGS
 _CONFIG = config_flags.DEFINE_config_file(
@@ -31,17 +31,38 @@ def parse_flags(argv: list[str]) -> list[str]:
     """absl's flag parsing, with a clear error for overrides of fields the config lacks."""
     try:
         return FLAGS(argv)
-    except flags.Error as error:
-        sys.exit(f"FATAL Flags parsing error: {error}\nPass --helpshort or --helpfull for help.")
-    except (AttributeError, KeyError) as error:
-        config = FLAGS["config"].value
-        for arg in argv[1:]:
-            name = arg.lstrip("-").split("=", 1)[0]
-            if config is not None and name.startswith("config."):
-                message = unknown_field_message(config, name.removeprefix("config."))
-                if message:
-                    sys.exit(f"FATAL Flags parsing error: {message}")
-        raise error
+    except (flags.Error, AttributeError, KeyError) as error:
+        # ml_collections reports an unknown field as an AttributeError without the known ones.
+        message = _unknown_field(argv)
+        if message is None and not isinstance(error, flags.Error):
+            raise
+        sys.exit(f"FATAL Flags parsing error: {message or error}\nPass --helpshort for help.")
+
+
+def _unknown_field(argv: list[str]) -> str | None:
+    """The error message for the first `--config.FIELD` override that the config lacks."""
+    spec = _flag_value(argv, "config")
+    if spec is None:
+        return None
+    config = load_config(spec)
+    for arg in argv[1:]:
+        name = arg.lstrip("-").split("=", 1)[0]
+        if name.startswith("config."):
+            message = unknown_field_message(config, name.removeprefix("config."))
+            if message:
+                return message
+    return None
+
+
+def _flag_value(argv: list[str], name: str) -> str | None:
+    """The value of `--name=VALUE` or `--name VALUE` in argv (the last one), else None."""
+    value = None
+    for i, arg in enumerate(argv):
+        if arg in (f"--{name}", f"-{name}") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith((f"--{name}=", f"-{name}=")):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 class QuietLibraries(pylogging.Filter):

@@ -14,7 +14,6 @@ the sweep resumes every run. Extra `--config.FIELD=VALUE` flags are added to eve
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import re
 import shlex
@@ -22,18 +21,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from krause.train.config import unknown_field_message
-
-
-def load_config_module(path: str):
-    """Imports a config file by path (as ml_collections' config_flags does)."""
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"Config file {path} does not exist.")
-    spec = importlib.util.spec_from_file_location(f"_sweep_config_{file.stem}", file)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from krause.train.config import load_config_module, unknown_field_message
 
 
 def run_name(run: dict) -> str:

@@ -19,7 +19,10 @@ Durations are given in steps, epochs or a fraction of the run (`resolve_steps`),
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib.util
 import logging
+import pathlib
 import typing
 from typing import Any
 
@@ -231,12 +234,31 @@ def unknown_field_message(config: ConfigDict, path: str) -> str | None:
             parent = ".".join(parts[:depth])
             where = f" in config.{parent}" if parent else ""
             siblings = field_paths(node) if isinstance(node, ConfigDict) else []
+            close = difflib.get_close_matches(part, [p.split(".")[0] for p in siblings], 1)
+            hint = f" Did you mean {close[0]!r}?" if close else ""
             return (
-                f"No field {part!r}{where} (override --config.{path}). "
+                f"No field {part!r}{where} (override --config.{path}).{hint} "
                 f"Known fields{where}: {', '.join(siblings)}."
             )
         node = node[part]
     return None
+
+
+def load_config_module(path: str | pathlib.Path):
+    """Imports a config file by path (as ml_collections' config_flags does)."""
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    spec = importlib.util.spec_from_file_location(f"_krause_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_config(spec: str) -> ConfigDict:
+    """`get_config(arg)` of a config file given as "path/to/config.py[:arg]"."""
+    path, _, arg = spec.partition(":")
+    return load_config_module(path).get_config(arg or None)
 
 
 def input_config(dataset: str, recipe: str, **overrides: Any) -> ConfigDict:

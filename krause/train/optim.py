@@ -5,9 +5,11 @@ from __future__ import annotations
 import jax
 import optax
 
-# Parameters that are never weight-decayed unless `config.decay_all` (besides every parameter of
-# fewer than 2 dimensions: biases, LayerNorm scales/offsets, per-head Krause widths).
+# Parameters that are never weight-decayed unless `config.decay_all` (nor is any parameter of
+# fewer than 2 dimensions).
 NO_DECAY_NAMES = (
+    "bias",  # Dense/conv biases (DenseGeneral's are 2-D or 3-D) and LayerNorm offsets
+    "scale",  # LayerNorm scales
     "log_sigma",  # Krause width (scalar per layer, or one per head)
     "cls",  # ViT's CLS token
     "pos_embedding",  # ViT's learned position embedding
@@ -18,7 +20,8 @@ NO_DECAY_NAMES = (
 
 
 def decay_mask(params):
-    """Pytree of bools like `params`: True for weight matrices and convolution kernels only."""
+    """Pytree of bools like `params`: True for weight matrices and convolution kernels only
+    (at least 2-D and not named in `NO_DECAY_NAMES`)."""
 
     def decays(path, leaf) -> bool:
         return leaf.ndim >= 2 and path[-1].key not in NO_DECAY_NAMES

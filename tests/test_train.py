@@ -1,0 +1,490 @@
+"""Trainer tests: real training steps end to end on mock data (both task families), exact resume,
+data parallelism on 4 simulated devices, metrics (accuracy, bits per dimension), the optimizer,
+the CLI and the sweep helper, and clear errors for bad input.
+
+The data comes from `tfds.testing.mock_data` (random images and labels, deterministic per index),
+so no dataset needs to be prepared. Runs share one module-scoped reference run to save compiles,
+and a persistent compilation cache lets the resumed run reuse its executables.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import os
+import pathlib
+import shutil
+import struct
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import pytest
+import tensorflow_datasets as tfds
+
+from krause import main as krause_main
+from krause import sweep
+from krause.metrics import crc32c, read_metrics
+from krause.models import get_model
+from krause.train import config as tc
+from krause.train import optim, tasks, train_and_evaluate
+from krause.train.trainer import sigma_metrics
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+NUM_EXAMPLES = 24  # mock train and test split size
+CLASSIFICATION = (
+    "configs/fashion_mnist_vit.py",
+    "model=kvit_t4,smoke",  # depth 2, paper layout: post-LN, drop-path 0.1 in block 1
+    {"total_steps": 4, "checkpoint_every_steps": 2, "eval_every_steps": 2, "keep_checkpoints": 5},
+)
+PIXELS = ("configs/pixel_ar.py", "dataset=mnist,attention=krause,smoke", {"total_steps": 2})
+
+
+def build_config(path: str, arg: str, overrides: dict):
+    config = tc.load_config_module(str(REPO / path)).get_config(arg)
+    config.update_from_flattened_dict(overrides)
+    return config
+
+
+def run(spec, workdir, num_examples: int = NUM_EXAMPLES) -> dict:
+    with tfds.testing.mock_data(num_examples=num_examples):
+        return train_and_evaluate(build_config(*spec), workdir)
+
+
+def restore_params(workdir: pathlib.Path, step: int):
+    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
+        return manager.restore(step)["params"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for this module: the resumed run reuses executables."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    saved = {name: getattr(jax.config, name) for name in names}
+    values = (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)
+    for name, value in zip(names, values, strict=True):
+        jax.config.update(name, value)
+    cc.reset_cache()
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("classification")
+    return workdir, run(CLASSIFICATION, workdir)
+
+
+@pytest.fixture(scope="module")
+def pixel_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("pixels")
+    return workdir, run(PIXELS, workdir, num_examples=12)
+
+
+# ------------------------------------------------------------------------------ end to end
+
+
+def test_classification_end_to_end(classification_run):
+    workdir, results = classification_run
+    # Final-step numbers over the whole (mock) test split, padding masked out.
+    assert results["step"] == 4
+    assert results["test/images"] == NUM_EXAMPLES
+    assert 0.0 <= results["test/accuracy"] <= 1.0
+    assert math.isfinite(results["test/loss"]) and results["test/loss"] > 0
+    assert results["num_params"] > 0
+    assert json.loads((workdir / "results.json").read_text())["test/loss"] == results["test/loss"]
+    # The resolved config is saved and complete.
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["total_steps"] == 4 and saved["model"]["depth"] == 2
+    assert saved["input"]["dataset"] == "fashion_mnist"
+    # Checkpoints every 2 steps.
+    assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir()) == [2, 4]
+    # Metrics: training (every step), one sigma per layer, evaluations at steps 2 and 4.
+    records = read_metrics(workdir)
+    train = [r for r in records if "train/loss" in r]
+    assert [r["step"] for r in train] == [1, 2, 3, 4]
+    assert all(math.isfinite(r["train/loss"]) for r in train)
+    assert train[0]["train/lr"] == 0.0 and train[1]["train/lr"] == pytest.approx(3e-4)
+    assert {k for k in train[-1] if k.startswith("sigma/")} == {
+        "sigma/block_00/attention",
+        "sigma/block_01/attention",
+    }
+    assert train[0]["sigma/block_00/attention"] == pytest.approx(2.5)  # sigma0, before updates
+    assert [r["step"] for r in records if "test/accuracy" in r] == [2, 4]
+    # TensorBoard: valid TFRecord framing, the same scalars.
+    (events,) = workdir.glob("events.out.tfevents.*")
+    scalars = read_event_scalars(events)
+    assert scalars[(4, "test/accuracy")] == pytest.approx(results["test/accuracy"])
+    assert scalars[(1, "train/loss")] == pytest.approx(train[0]["train/loss"])
+
+
+def test_pixel_model_end_to_end(pixel_run):
+    workdir, results = pixel_run
+    assert results["test/images"] == 12
+    # The pipeline yields 784 tokens per MNIST image; bpd = nats per sub-pixel / ln 2.
+    assert results["test/bpd"] == pytest.approx(results["test/nll"] / math.log(2))
+    assert 0 < results["test/bpd"] < 9  # random-init model: about log2(256) = 8
+    train = [r for r in read_metrics(workdir) if "train/loss" in r]
+    assert train[-1]["train/bpd"] == pytest.approx(train[-1]["train/loss"] / math.log(2))
+    # KARM: one sigma per head per layer.
+    assert {k for k in train[-1] if k.startswith("sigma/")} == {
+        f"sigma/blocks_0/attn/head_{h}" for h in range(2)
+    }
+
+
+def test_resume_reproduces_the_uninterrupted_run(classification_run, tmp_path):
+    reference, _ = classification_run
+    workdir = tmp_path / "resumed"
+    shutil.copytree(reference, workdir)
+    # As if the run had stopped after step 2 (its last checkpoint) and been restarted.
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    (workdir / "results.json").unlink()
+    results = run(CLASSIFICATION, workdir)
+    assert results["step"] == 4
+    expected, actual = restore_params(reference, 4), restore_params(workdir, 4)
+    jax.tree.map(np.testing.assert_array_equal, actual, expected)
+    # metrics.jsonl holds one consistent run: steps after the checkpoint were rewritten.
+    losses = {r["step"]: r["train/loss"] for r in read_metrics(reference) if "train/loss" in r}
+    resumed = [(r["step"], r["train/loss"]) for r in read_metrics(workdir) if "train/loss" in r]
+    assert resumed == sorted(losses.items())
+
+
+def test_resuming_a_finished_run_reports_the_same_numbers(classification_run, tmp_path):
+    reference, results = classification_run
+    workdir = tmp_path / "finished"
+    shutil.copytree(reference, workdir)
+    again = run(CLASSIFICATION, workdir)
+    for key in ("test/accuracy", "test/loss", "train/loss"):
+        assert again[key] == pytest.approx(results[key], rel=1e-6)
+
+
+def test_data_parallel_loss_equals_single_device(classification_run, tmp_path):
+    reference, results = classification_run
+    script = textwrap.dedent(
+        f"""
+        import json, sys
+        import jax, tensorflow_datasets as tfds
+        sys.path.insert(0, {str(REPO / "tests")!r})
+        from test_train import CLASSIFICATION, run
+        assert jax.device_count() == 4, jax.devices()
+        print(json.dumps(run(CLASSIFICATION, {str(tmp_path / "dp")!r})))
+        """
+    )
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
+    env["JAX_PLATFORMS"] = "cpu"
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, cwd=REPO
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    parallel = json.loads(done.stdout.strip().splitlines()[-1])
+    single = {r["step"]: r["train/loss"] for r in read_metrics(reference) if "train/loss" in r}
+    split = {r["step"]: r["train/loss"] for r in read_metrics(tmp_path / "dp") if "train/loss" in r}
+    assert split.keys() == single.keys() == {1, 2, 3, 4}
+    assert split[1] == pytest.approx(single[1], rel=1e-6)  # same parameters, same batch
+    for step in (2, 3, 4):
+        assert split[step] == pytest.approx(single[step], rel=1e-4)
+    assert parallel["test/images"] == NUM_EXAMPLES
+    assert parallel["test/loss"] == pytest.approx(results["test/loss"], rel=1e-4)
+
+
+# ------------------------------------------------------------------------------ metrics
+
+
+def test_bits_per_dim_counts_every_sub_pixel_of_every_test_image():
+    # Uniform logits over 256 values: exactly 8 bits per sub-pixel. A denominator of 783
+    # positions, or dropping the first position from the numerator, would not give 8.
+    tokens = jnp.zeros((3, 784), jnp.int32)
+    logits = jnp.zeros((3, 784, 256))
+    mask = jnp.array([True, True, False])  # the last row is eval padding
+    eval_sums = jax.jit(functools.partial(tasks.eval_sums, "pixels"))
+    sums = tasks.add_sums(None, eval_sums(logits, {"tokens": tokens, "mask": mask}))
+    assert sums["images"] == 2
+    assert tasks.eval_metrics("pixels", sums, dims_per_image=784)["test/bpd"] == pytest.approx(8.0)
+    # Sums over batches: NLL of the first position only differs -> total / (2 * 784).
+    first = logits.at[:, 0, 0].set(10.0)  # position 0 predicts token 0 with high probability
+    sums2 = tasks.add_sums(None, eval_sums(first, {"tokens": tokens, "mask": mask}))
+    nll0 = -jax.nn.log_softmax(first[0, 0])[0]
+    expected = (2 * (783 * math.log(256) + nll0)) / (2 * 784) / math.log(2)
+    got = tasks.eval_metrics("pixels", sums2, dims_per_image=784)["test/bpd"]
+    assert got == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_accuracy_is_mask_weighted_over_batches():
+    logits = jnp.eye(4)[jnp.array([0, 1, 2, 3])]
+    batch = {"label": jnp.array([0, 1, 0, 0]), "mask": jnp.array([True, True, True, False])}
+    eval_sums = jax.jit(functools.partial(tasks.eval_sums, "classification"))
+    sums = tasks.add_sums(None, eval_sums(logits, batch))
+    sums = tasks.add_sums(sums, eval_sums(logits, batch))
+    metrics = tasks.eval_metrics("classification", sums, dims_per_image=1)
+    assert metrics["test/images"] == 6 and metrics["test/accuracy"] == pytest.approx(4 / 6)
+
+
+def test_tensorboard_crc32c():
+    assert crc32c(b"123456789") == 0xE3069283  # the standard check value
+
+
+# ------------------------------------------------------------------------------ optimizer
+
+
+def _decayed(params) -> set[str]:
+    flat = jax.tree_util.tree_flatten_with_path(optim.decay_mask(params))[0]
+    return {"/".join(k.key for k in path) for path, decays in flat if decays}
+
+
+def _param_shapes(model, x):
+    return jax.eval_shape(lambda: model.init({"params": jax.random.key(0)}, x, train=False))
+
+
+def test_weight_decay_mask_excludes_norms_biases_embeddings_and_sigma():
+    model = get_model("kvit_t4", depth=1, width=16, heads=2, mlp_dim=32)
+    params = _param_shapes(model, jnp.zeros((1, 32, 32, 3)))["params"]
+    names = ["query", "key", "value", "out"]
+    assert _decayed(params) == {  # not: biases, norm scales/offsets, log_sigma, cls, pos_embedding
+        *(f"block_00/attention/{n}/kernel" for n in names),
+        "block_00/mlp/fc1/kernel",
+        "block_00/mlp/fc2/kernel",
+        "patch_embed/proj/kernel",
+        "head/kernel",
+    }
+    model = get_model("pixel_ar_mnist", attention="krause", depth=1, width=16, heads=2)
+    params = _param_shapes(model, jnp.zeros((1, 784), jnp.int32))["params"]
+    assert _decayed(params) == {  # not: qkv/bias (3-D), token/position embeddings, log_sigma
+        "blocks_0/attn/qkv/kernel",
+        "blocks_0/attn/out/kernel",
+        "blocks_0/mlp/fc1/kernel",
+        "blocks_0/mlp/fc2/kernel",
+        "head/kernel",
+    }
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_weight_decay_applies_where_the_mask_says(decay_all):
+    params = {
+        "block_00": {
+            "attention": {"log_sigma": jnp.log(2.5), "query": {"kernel": jnp.ones((4, 4))}}
+        },
+        "head": {"kernel": jnp.ones((4, 2)), "bias": jnp.ones(2)},
+        "cls": jnp.ones((1, 1, 4)),
+    }
+    config = tc.base_config()
+    config.update_from_flattened_dict({"decay_all": decay_all, "lr": 0.1, "wd": 0.5})
+    tx = optim.make_optimizer(config, optax.constant_schedule(0.1))
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    updates = jax.jit(tx.update)(zeros, tx.init(params), params)[0]  # pure weight decay
+    decayed = {path[-1].key for path, u in _paths(updates) if np.any(u != 0)}
+    expected = {"kernel"} if not decay_all else {"kernel", "log_sigma", "bias", "cls"}
+    assert decayed == expected  # the paper's reference decays log_sigma too
+
+
+def _paths(tree):
+    return jax.tree_util.tree_flatten_with_path(tree)[0]
+
+
+def test_schedule_warmup_then_cosine_to_zero():
+    schedule = optim.learning_rate_schedule(1e-3, total_steps=100, warmup_steps=10)
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(5)) == pytest.approx(5e-4)
+    assert float(schedule(10)) == pytest.approx(1e-3)
+    assert float(schedule(55)) == pytest.approx(5e-4)
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_gradient_accumulation_averages_micro_batches():
+    params = {"w": jnp.arange(3.0)}
+    config = tc.base_config()
+    config.grad_clip_norm = 1.0
+    whole = optim.make_optimizer(config, optax.constant_schedule(0.1))
+    config.grad_accum_steps = 2
+    accumulated = optim.make_optimizer(config, optax.constant_schedule(0.1))
+    g1, g2 = {"w": jnp.array([1.0, 2.0, 3.0])}, {"w": jnp.array([3.0, -2.0, 0.5])}
+    expected, _ = whole.update(
+        jax.tree.map(lambda a, b: (a + b) / 2, g1, g2), whole.init(params), params
+    )
+    state = accumulated.init(params)
+    skipped, state = accumulated.update(g1, state, params)
+    assert not np.any(skipped["w"])  # no update after the first micro-batch
+    got, _ = accumulated.update(g2, state, params)
+    np.testing.assert_allclose(got["w"], expected["w"], rtol=1e-6)
+
+
+def test_durations_in_steps_epochs_or_fraction():
+    config = tc.base_config()
+    config.total_epochs = 300.0
+    assert tc.resolve_steps(config, "total", steps_per_epoch=50_000 / 256) == 58_593
+    config.total_steps = 10  # steps win over epochs (a command-line override)
+    assert tc.resolve_steps(config, "total", steps_per_epoch=195.3) == 10
+    config.warmup_fraction = 0.05
+    assert tc.resolve_steps(config, "warmup", steps_per_epoch=1, total_steps=1000) == 50
+    assert tc.resolve_steps(config, "eval_every", steps_per_epoch=1) is None
+
+
+def test_sigma_metrics_per_layer_and_per_head():
+    params = {"block_00": {"attention": {"log_sigma": jnp.log(2.5)}}, "x": {"kernel": jnp.ones(2)}}
+    assert sigma_metrics(params) == {"sigma/block_00/attention": pytest.approx(2.5)}
+    params = {"blocks_0": {"attn": {"log_sigma": jnp.log(jnp.array([1.0, 3.0]))}}}
+    assert sigma_metrics(params) == {
+        "sigma/blocks_0/attn/head_0": pytest.approx(1.0),
+        "sigma/blocks_0/attn/head_1": pytest.approx(3.0),
+    }
+
+
+# ------------------------------------------------------------------------------ bad input
+
+
+def test_unknown_model_is_a_clear_error(tmp_path):
+    config = build_config(*CLASSIFICATION)
+    config.model_name = "vit_huge"
+    with pytest.raises(ValueError, match=r"unknown model 'vit_huge'; known models: .*kvit_t4"):
+        train_and_evaluate(config, tmp_path)
+    with pytest.raises(ValueError, match=r"Unknown model 'vit_huge' for CIFAR; known: .*kvit_s4"):
+        build_config("configs/cifar_vit.py", "model=vit_huge", {})
+
+
+def test_unknown_dataset_is_a_clear_error(tmp_path):
+    config = build_config(*CLASSIFICATION)
+    config.input.dataset = "svhn"
+    with pytest.raises(
+        ValueError, match=r"Unknown dataset 'svhn'; known datasets: .*fashion_mnist"
+    ):
+        train_and_evaluate(config, tmp_path)
+
+
+def test_missing_dataset_directory_names_it_and_the_fix(tmp_path):
+    config = build_config(*CLASSIFICATION)
+    config.input.data_dir = str(tmp_path / "no_such_dir")
+    with pytest.raises(FileNotFoundError) as error:
+        train_and_evaluate(config, tmp_path / "run")
+    message = str(error.value)
+    assert str(tmp_path / "no_such_dir") in message
+    assert "python -m krause.data.prepare --dataset fashion_mnist" in message
+    assert "train-images-idx3-ubyte.gz" in message
+
+
+def test_model_and_dataset_mismatch_is_an_error(tmp_path):
+    config = build_config(*CLASSIFICATION)
+    config.model.num_classes = 100
+    with pytest.raises(ValueError, match="num_classes=100 but fashion_mnist has 10 classes"):
+        train_and_evaluate(config, tmp_path)
+
+
+def test_unknown_config_argument_lists_the_known_ones():
+    with pytest.raises(
+        ValueError, match=r"Unknown config argument 'modle'.*known arguments: model"
+    ):
+        build_config("configs/cifar_vit.py", "modle=kvit_s4", {})
+
+
+def test_cli_unknown_field_lists_the_fields(tmp_path):
+    command = [
+        sys.executable,
+        "-m",
+        "krause.main",
+        "--config=configs/fashion_mnist_vit.py:smoke",
+        f"--workdir={tmp_path}",
+        "--config.totl_steps=5",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert done.returncode != 0
+    assert "No field 'totl_steps' (override --config.totl_steps)" in done.stderr
+    assert "total_steps" in done.stderr and "input.global_batch_size" in done.stderr
+    assert not (tmp_path / "config.json").exists()
+
+
+def test_cli_unknown_nested_field_lists_that_level(tmp_path, monkeypatch):
+    argv = ["krause.main", "--config=configs/fashion_mnist_vit.py:smoke", f"--workdir={tmp_path}"]
+    argv.append("--config.model.dpeth=3")
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", argv)  # config_flags reads sys.argv
+    with pytest.raises(SystemExit) as error:
+        krause_main.parse_flags(argv)
+    message = str(error.value.code)
+    assert "No field 'dpeth' in config.model" in message
+    assert "depth" in message and "width" in message
+
+
+# ------------------------------------------------------------------------------ sweep
+
+
+def test_sweep_prints_one_command_per_run(capsys, tmp_path, monkeypatch):
+    argv = ["--config", "configs/pixel_ar.py:smoke", "--workdir_root", str(tmp_path)]
+    monkeypatch.chdir(REPO)
+    assert sweep.main([*argv, "--config.lr=0.01"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 7  # 3 attentions x 2 datasets + the ablation
+    assert lines[0].startswith("python -m krause.main --config=configs/pixel_ar.py:dataset=mnist")
+    assert all(line.endswith("--config.lr=0.01") and ",smoke" in line for line in lines)
+    workdirs = {line.split("--workdir=")[1].split()[0] for line in lines}
+    assert len(workdirs) == 7
+
+
+# ------------------------------------------------------------------------------ helpers
+
+
+def read_event_scalars(path: pathlib.Path) -> dict[tuple[int, str], float]:
+    """{(step, tag): value} from a TensorBoard event file; checks every record's CRCs."""
+    data, scalars, offset = path.read_bytes(), {}, 0
+
+    def masked(payload: bytes) -> int:
+        crc = crc32c(payload)
+        return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
+
+    while offset < len(data):
+        header = data[offset : offset + 8]
+        (length,) = struct.unpack("<Q", header)
+        assert struct.unpack("<I", data[offset + 8 : offset + 12])[0] == masked(header)
+        record = data[offset + 12 : offset + 12 + length]
+        assert struct.unpack("<I", data[offset + 12 + length : offset + 16 + length])[0] == (
+            masked(record)
+        )
+        offset += 16 + length
+        fields = dict(_proto_fields(record))
+        for value in [v for k, v in _proto_fields(fields.get(5, b"")) if k == 1]:
+            entry = dict(_proto_fields(value))
+            scalars[(fields[2], entry[1].decode())] = struct.unpack("<f", entry[2])[0]
+    return scalars
+
+
+def _proto_fields(buffer: bytes):
+    """(field number, value) pairs of a protobuf message (varint, fixed32/64, bytes)."""
+    offset = 0
+
+    def varint():
+        nonlocal offset
+        result = shift = 0
+        while True:
+            byte = buffer[offset]
+            offset += 1
+            result |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return result
+
+    while offset < len(buffer):
+        key = varint()
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            yield field, varint()
+        elif wire == 1:
+            yield field, buffer[offset : offset + 8]
+            offset += 8
+        elif wire == 5:
+            yield field, buffer[offset : offset + 4]
+            offset += 4
+        else:
+            length = varint()
+            yield field, buffer[offset : offset + length]
+            offset += length
