@@ -10,8 +10,10 @@
     of repeats. MNIST size uses the full 12-layer model; CIFAR-10 size the full 3072-token,
     width-512 model at a reduced depth (stated in the output).
 
-Timings are wall clock and depend on everything else running on the machine: the output records
-the CPU count and the load average before and after.
+Candidates of one comparison are compiled and warmed up first, then timed alternately (round
+robin), so that a change in the machine's load hits them alike. Wall-clock times depend on
+everything else running on the machine; the output also gives process CPU time (summed over
+threads, less sensitive to other processes), the CPU count and the load average before and after.
 
 Usage:
   python scripts/bench_models.py                          # everything (~30 min on 2 CPU cores)
@@ -64,23 +66,46 @@ def param_count(params) -> int:
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
 
 
-def median_time(fn, repeats: int) -> tuple[float, float, list[float]]:
-    """Median wall and process-CPU seconds of `fn()` (which must block until it is done), and
-    the wall times. CPU time (summed over threads) is less disturbed by other processes."""
-    wall, cpu = [], []
+def interleaved_times(runs: dict, repeats: int) -> dict[str, dict]:
+    """Time each `runs[name]()` (which must block until done) `repeats` times, round-robin.
+
+    Interleaving spreads any change in the machine's load over all candidates alike. Returns,
+    per name, the median wall and process-CPU seconds (CPU time summed over threads is less
+    disturbed by other processes) and the wall times.
+    """
+    wall = {name: [] for name in runs}
+    cpu = {name: [] for name in runs}
     for _ in range(repeats):
-        start, start_cpu = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - start)
-        cpu.append(time.process_time() - start_cpu)
-    return statistics.median(wall), statistics.median(cpu), wall
+        for name, run in runs.items():
+            start, start_cpu = time.perf_counter(), time.process_time()
+            run()
+            wall[name].append(time.perf_counter() - start)
+            cpu[name].append(time.process_time() - start_cpu)
+    return {
+        name: dict(
+            wall_s=statistics.median(wall[name]),
+            cpu_s=statistics.median(cpu[name]),
+            wall_s_all=[round(t, 4) for t in wall[name]],
+        )
+        for name in runs
+    }
+
+
+def compiled_and_warm(run) -> float:
+    """Call `run()` twice (compile, then warm up); return the first call's seconds."""
+    start = time.perf_counter()
+    run()
+    first = time.perf_counter() - start
+    run()
+    return first
 
 
 # ---------------------------------------------------------------------------------------------
 # (a) ViT / KViT train steps
 
 
-def time_train_step(name: str, batch: int, repeats: int, overrides: dict) -> dict:
+def prepare_train_step(name: str, batch: int, overrides: dict):
+    """A jitted AdamW train step on random data; returns (run, row describing the case)."""
     model = get_model(name, num_classes=10, **overrides)
     size = model.image_size
     images = jax.random.normal(jax.random.key(0), (batch, size, size, 3), jnp.float32)
@@ -88,9 +113,8 @@ def time_train_step(name: str, batch: int, repeats: int, overrides: dict) -> dic
     init = jax.jit(lambda key, x: model.init({"params": key}, x, train=False))
     params = init(jax.random.key(2), images[:1])["params"]
     optimizer = optax.adamw(1e-3, weight_decay=0.05)
-    opt_state = optimizer.init(params)
 
-    def train_step(params, opt_state, key):
+    def train_step(params, opt_state, images, labels, key):
         def loss_fn(p):
             logits = model.apply({"params": p}, images, train=True, rngs={"dropout": key})
             return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
@@ -100,18 +124,13 @@ def time_train_step(name: str, batch: int, repeats: int, overrides: dict) -> dic
         return optax.apply_updates(params, updates), opt_state, loss
 
     train_step = jax.jit(train_step, donate_argnums=(0, 1))
-    start = time.perf_counter()
-    state = train_step(params, opt_state, jax.random.key(3))
-    jax.block_until_ready(state)
-    compile_s = time.perf_counter() - start
-    state = jax.block_until_ready(train_step(state[0], state[1], jax.random.key(4)))  # warm-up
+    state = [params, optimizer.init(params), None]
+    keys = iter(jax.random.split(jax.random.key(3), 10_000))
 
     def run():
-        nonlocal state
-        state = jax.block_until_ready(train_step(state[0], state[1], jax.random.key(5)))
+        state[:] = jax.block_until_ready(train_step(state[0], state[1], images, labels, next(keys)))
 
-    median, cpu, times = median_time(run, repeats)
-    return dict(
+    row = dict(
         model=name,
         attention=model.attention,
         layout=model.layout,
@@ -120,13 +139,10 @@ def time_train_step(name: str, batch: int, repeats: int, overrides: dict) -> dic
         depth=model.depth,
         batch=batch,
         params=param_count(params),
-        compile_s=round(compile_s, 2),
-        step_s=median,
-        step_cpu_s=cpu,
-        step_s_all=[round(t, 4) for t in times],
-        images_per_s=batch / median,
-        loss_finite=bool(np.isfinite(float(state[2]))),
     )
+    row["compile_s"] = round(compiled_and_warm(run), 2)
+    row["loss_finite"] = bool(np.isfinite(float(state[2])))
+    return run, row
 
 
 def bench_train(args) -> list[dict]:
@@ -136,10 +152,20 @@ def bench_train(args) -> list[dict]:
     pairs = (("vit_s4", "kvit_s4", args.batch_cifar), ("vit_s16", "kvit_s16", args.batch_imagenet))
     rows = []
     for baseline, krause, batch in pairs:
+        runs, pair_rows = {}, {}
         for name in (baseline, krause):
-            row = time_train_step(name, batch, args.repeats, overrides)
+            runs[name], pair_rows[name] = prepare_train_step(name, batch, overrides)
+        for name, timing in interleaved_times(runs, args.repeats).items():
+            row = pair_rows[name]
+            row.update(
+                step_s=timing["wall_s"],
+                step_cpu_s=timing["cpu_s"],
+                step_s_all=timing["wall_s_all"],
+                images_per_s=batch / timing["wall_s"],
+            )
             print(_train_line(row), flush=True)
             rows.append(row)
+        del runs  # free the pair's buffers before the next
     return rows
 
 
@@ -157,20 +183,17 @@ def _train_line(row: dict) -> str:
 # (b) cached sampling
 
 
-def time_sampling(name: str, attention: str, num_images: int, repeats: int, overrides) -> dict:
+def prepare_sampling(name: str, attention: str, num_images: int, overrides: dict):
+    """Jitted `sample` of `num_images` images; returns (run, row describing the case)."""
     model = get_model(name, attention=attention, **overrides)
     dummy = jnp.zeros((1, model.length), jnp.int32)
     params = jax.jit(model.init)({"params": jax.random.key(0)}, dummy)["params"]
-    run = lambda seed: jax.block_until_ready(
-        sample(model, params, jax.random.key(seed), num_images, temperature=1.0)
+    keys = iter(jax.random.split(jax.random.key(1), 10_000))
+    run = lambda: jax.block_until_ready(
+        sample(model, params, next(keys), num_images, temperature=1.0)
     )
-    start = time.perf_counter()
-    run(0)
-    first_s = time.perf_counter() - start  # compile + one run
-    seeds = iter(range(1, repeats + 1))
-    median, cpu, times = median_time(lambda: run(next(seeds)), repeats)
     cache_slots = {"softmax": model.length, "krause": min(model.window, model.length)}
-    return dict(
+    row = dict(
         model=name,
         variant=ATTENTION_NAMES[attention],
         attention=attention,
@@ -182,14 +205,9 @@ def time_sampling(name: str, attention: str, num_images: int, repeats: int, over
         cache_slots=cache_slots.get(attention),
         num_images=num_images,
         params=param_count(params),
-        first_call_s=round(first_s, 2),
-        sample_s=median,
-        sample_cpu_s=cpu,
-        sample_s_all=[round(t, 3) for t in times],
-        images_per_s=num_images / median,
-        ms_per_step=median / model.length * 1e3,
-        cpu_ms_per_step=cpu / model.length * 1e3,
     )
+    row["first_call_s"] = round(compiled_and_warm(run), 2)
+    return run, row
 
 
 def bench_sampling(args) -> list[dict]:
@@ -200,14 +218,27 @@ def bench_sampling(args) -> list[dict]:
     )
     rows = []
     for name, overrides, num_images in cases:
+        runs, case_rows = {}, {}
         for attention in ATTENTION_NAMES:
-            row = time_sampling(name, attention, num_images, args.sample_repeats, overrides)
+            runs[attention], case_rows[attention] = prepare_sampling(
+                name, attention, num_images, overrides
+            )
+        timings = interleaved_times(runs, args.sample_repeats)
+        arm = timings["softmax"]
+        for attention, timing in timings.items():
+            row = case_rows[attention]
+            row.update(
+                sample_s=timing["wall_s"],
+                sample_cpu_s=timing["cpu_s"],
+                sample_s_all=timing["wall_s_all"],
+                images_per_s=num_images / timing["wall_s"],
+                ms_per_step=timing["wall_s"] / row["length"] * 1e3,
+                cpu_ms_per_step=timing["cpu_s"] / row["length"] * 1e3,
+                speedup_vs_arm=arm["wall_s"] / timing["wall_s"],
+                cpu_speedup_vs_arm=arm["cpu_s"] / timing["cpu_s"],
+            )
             print(_sample_line(row), flush=True)
             rows.append(row)
-        arm = rows[-3]
-        for row in rows[-3:]:
-            row["speedup_vs_arm"] = arm["sample_s"] / row["sample_s"]
-            row["cpu_speedup_vs_arm"] = arm["sample_cpu_s"] / row["sample_cpu_s"]
     return rows
 
 
@@ -235,7 +266,7 @@ def table(result: dict) -> str:
         lines += [
             "",
             "(a) train step: forward + backward + AdamW, jit, warmed up, median of "
-            f"{result['args']['repeats']}",
+            f"{result['args']['repeats']} (baseline and Krause timed alternately)",
             "| model | image | depth | batch | params | ms / step | CPU ms / step | images / s "
             "| time K / baseline (wall, CPU) |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -254,7 +285,7 @@ def table(result: dict) -> str:
         lines += [
             "",
             "(b) cached sampling, temperature 1, jit, compile excluded, median of "
-            f"{result['args']['sample_repeats']}",
+            f"{result['args']['sample_repeats']} (ARM, LARM, KARM timed alternately)",
             "| model | size | tokens | depth | cache slots | images | images / s | ms / step "
             "| CPU ms / step | speed vs ARM (wall, CPU) |",
             "|---|---|---|---|---|---|---|---|---|---|",
