@@ -39,19 +39,20 @@ from krause.attention import (
     softmax_attention,
 )
 from krause.attention.common import compute_dtype, neg_sq_dist, select_and_normalize
+from krause.models.layers import Mlp, dense_init
 
 ATTENTIONS = ("softmax", "linear", "krause")
 
-_dense_init = nn.initializers.normal(stddev=0.02)
 _embed_init = nn.initializers.normal(stddev=0.02)
 
 
 class KVCache(NamedTuple):
     """Key/value slots of one layer, head-major: [batch, heads, slots, head_dim] each.
 
-    Position t is written to slot t % slots; slot s is valid once position s has been written.
-    Softmax uses slots = length (a preallocated cache), Krause slots = min(window, length)
-    (a ring buffer holding exactly the causal window).
+    Step t attends to the valid slots and to its own key/value, then writes them to slot
+    t % slots. Softmax uses slots = length (a preallocated cache, slots < t valid); Krause uses
+    slots = min(window, length), a ring buffer whose valid slots are the window's previous
+    positions (t - window, t).
     """
 
     key: jax.Array
@@ -140,7 +141,7 @@ class CausalSelfAttention(nn.Module):
             nn.DenseGeneral,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=_dense_init,
+            kernel_init=dense_init,
         )
         self.qkv = dense(features=(3, self.heads, head_dim))
         self.out = dense(features=self.width, axis=(-2, -1))
@@ -212,23 +213,6 @@ class CausalSelfAttention(nn.Module):
         return self.out(out[:, None].astype(x.dtype)), cache
 
 
-class Mlp(nn.Module):
-    """Dense(hidden) -> GELU (exact) -> Dense(width)."""
-
-    width: int
-    hidden: int
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        dense = functools.partial(
-            nn.Dense, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_dense_init
-        )
-        x = dense(self.hidden, name="fc1")(x)
-        return dense(self.width, name="fc2")(nn.gelu(x, approximate=False))
-
-
 class Block(nn.Module):
     """Pre-LN block: x + Drop(Attn(LN(x))), then x + Drop(MLP(LN(x)))."""
 
@@ -249,12 +233,12 @@ class Block(nn.Module):
         )
         self.norm1 = norm()
         self.norm2 = norm()
-        self.mlp = Mlp(self.attn.width, self.mlp_hidden, self.dtype, self.param_dtype)
+        self.mlp = Mlp(self.mlp_hidden, dtype=self.dtype, param_dtype=self.param_dtype)
         self.drop = nn.Dropout(self.dropout_rate)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
         x = x + self.drop(self.attn(self.norm1(x)), deterministic=not train)
-        x = x + self.drop(self.mlp(self.norm2(x)), deterministic=not train)
+        x = x + self.drop(self.mlp(self.norm2(x), train=train), deterministic=not train)
         if self.capture:
             self.sow("intermediates", "hidden", x)
         return x
@@ -262,7 +246,7 @@ class Block(nn.Module):
     def step(self, x: jax.Array, cache, position: jax.Array):
         y, cache = self.attn.step(self.norm1(x), cache, position)
         x = x + y
-        return x + self.mlp(self.norm2(x)), cache
+        return x + self.mlp(self.norm2(x), train=False), cache
 
 
 class PixelAR(nn.Module):
@@ -349,7 +333,7 @@ class PixelAR(nn.Module):
             epsilon=self.layer_norm_eps, dtype=self.dtype, param_dtype=self.param_dtype
         )
         self.head = nn.Dense(
-            self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=_dense_init
+            self.vocab_size, dtype=self.dtype, param_dtype=self.param_dtype, kernel_init=dense_init
         )
 
     def _logits(self, x: jax.Array) -> jax.Array:
