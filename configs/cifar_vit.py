@@ -68,6 +68,7 @@ def get_config(arg=None):
     config.model_name = arg.model
     config.model = tc.model_config(arg.model, **model)
     config.input = tc.input_config(arg.dataset, "cifar", global_batch_size=256)
+    config.cache_dataset = True  # small dataset: decode once, keep in memory
     config.total_epochs = 300.0
     config.warmup_epochs = 10.0
     config.lr = 3e-4

@@ -71,6 +71,7 @@ def get_config(arg=None):
         global_batch_size=BATCH[arg.dataset],
         eval_batch_size=EVAL_BATCH[arg.dataset],
     )
+    config.cache_dataset = True  # small dataset: decode once, keep in memory
     config.total_epochs = 30.0
     config.warmup_fraction = 0.05
     config.lr = 1e-3

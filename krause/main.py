@@ -11,12 +11,12 @@ workdir's latest checkpoint. Console script: `krause-train` (`krause.main:run`).
 
 from __future__ import annotations
 
-import logging as pylogging
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from krause.metrics import quiet_library_logs
 from krause.train.config import load_config, unknown_field_message
 
 FLAGS = flags.FLAGS
@@ -65,18 +65,10 @@ def _flag_value(argv: list[str], name: str) -> str | None:
     return value
 
 
-class QuietLibraries(pylogging.Filter):
-    """Drops INFO records of orbax and tensorflow_datasets (very chatty); keeps warnings."""
-
-    def filter(self, record: pylogging.LogRecord) -> bool:
-        noisy = ("/orbax/", "/tensorflow_datasets/")
-        return record.levelno >= pylogging.WARNING or not any(n in record.pathname for n in noisy)
-
-
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(QuietLibraries())
+    quiet_library_logs()
     from krause.train import train_and_evaluate  # after flag parsing: imports jax
 
     logging.info("Config:\n%s", _CONFIG.value)

@@ -13,11 +13,30 @@ by hand so neither TensorFlow nor tensorboard is needed to write them.
 from __future__ import annotations
 
 import json
+import logging
 import pathlib
 import socket
 import struct
 import time
 from collections.abc import Mapping
+
+# ------------------------------------------------------------------------------ logging
+
+
+class _QuietLibraries(logging.Filter):
+    """Drops INFO records of orbax and tensorflow_datasets (very chatty); keeps warnings."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        noisy = ("/orbax/", "/tensorflow_datasets/")
+        return record.levelno >= logging.WARNING or not any(n in record.pathname for n in noisy)
+
+
+def quiet_library_logs() -> None:
+    """Keeps absl's log (progress, metrics) readable: orbax/tfds INFO lines are dropped."""
+    from absl import logging as absl_logging
+
+    absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+
 
 # ------------------------------------------------------------------------------ TensorBoard
 

@@ -28,13 +28,14 @@ import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
+from krause import data as kdata
 from krause import main as krause_main
 from krause import sweep
 from krause.metrics import crc32c, read_metrics
 from krause.models import get_model
 from krause.train import config as tc
 from krause.train import optim, tasks, train_and_evaluate
-from krause.train.trainer import sigma_metrics
+from krause.train.trainer import InMemorySource, sigma_metrics
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 NUM_EXAMPLES = 24  # mock train and test split size
@@ -43,7 +44,12 @@ CLASSIFICATION = (
     "model=kvit_t4,smoke",  # depth 2, paper layout: post-LN, drop-path 0.1 in block 1
     {"total_steps": 4, "checkpoint_every_steps": 2, "eval_every_steps": 2, "keep_checkpoints": 5},
 )
-PIXELS = ("configs/pixel_ar.py", "dataset=mnist,attention=krause,smoke", {"total_steps": 2})
+# The pixel run reads the (mock) tfds files every time; the classification run caches them.
+PIXELS = (
+    "configs/pixel_ar.py",
+    "dataset=mnist,attention=krause,smoke",
+    {"total_steps": 2, "cache_dataset": False},
+)
 
 
 def build_config(path: str, arg: str, overrides: dict):
@@ -199,6 +205,16 @@ def test_data_parallel_loss_equals_single_device(classification_run, tmp_path):
         assert split[step] == pytest.approx(single[step], rel=1e-4)
     assert parallel["test/images"] == NUM_EXAMPLES
     assert parallel["test/loss"] == pytest.approx(results["test/loss"], rel=1e-4)
+
+
+def test_in_memory_source_holds_the_same_examples():
+    with tfds.testing.mock_data(num_examples=7):
+        source = kdata.data_source(build_config(*CLASSIFICATION).input, "test")
+        cached = InMemorySource(source, chunk=3)
+        assert len(cached) == len(source) == 7
+        for i in range(7):
+            np.testing.assert_array_equal(cached[i]["image"], source[i]["image"])
+            assert cached[i]["label"] == source[i]["label"]
 
 
 # ------------------------------------------------------------------------------ metrics

@@ -63,6 +63,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     info = kdata.get_dataset_info(config.input.dataset)
     model = build_model(config, info, task)
     check_dataset_prepared(config.input)
+    train_source = test_source = None  # None: the pipeline reads the prepared tfds splits
+    if config.cache_dataset:
+        train_source = InMemorySource(kdata.data_source(config.input, info.train_split))
+        test_source = InMemorySource(kdata.data_source(config.input, info.test_split))
 
     # ------------------------------------------------------------------ mesh: data parallel
     # One "data" axis over every device of every host: the batch is split, parameters and
@@ -86,6 +90,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         for name in ("warmup", "eval_every", "checkpoint_every")
     }
     warmup_steps = durations["warmup"] or 0
+    if warmup_steps > total_steps:
+        raise ValueError(f"{warmup_steps} warm-up steps exceed the {total_steps} steps of the run.")
     eval_every = durations["eval_every"] or total_steps
     checkpoint_every = durations["checkpoint_every"] or total_steps
     logging.info(
@@ -169,13 +175,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     def evaluate(params) -> dict[str, float]:
         """Metrics over the whole test split (every example once; padding masked out)."""
         sums = None
-        for local_batch in kdata.make_eval_batches(config.input):
+        for local_batch in kdata.make_eval_batches(config.input, source=test_source):
             sums = tasks.add_sums(sums, eval_step(params, to_global(local_batch, batch_sharding)))
         return tasks.eval_metrics(task, sums, dims_per_image=example.size)
 
     # ------------------------------------------------------------------ training loop
     train_iter = kdata.make_train_iterator(
-        micro_input, seed=config.seed, start_step=start_step * accum
+        micro_input, seed=config.seed, start_step=start_step * accum, source=train_source
     )
     timer = StepTimer(total_steps)
     pending: list[dict[str, jax.Array]] = []  # metrics since the last log
@@ -265,6 +271,26 @@ def check_dataset_prepared(input_config) -> None:
             f" holds {archives}, or set --config.input.data_dir. ({type(error).__name__}:"
             f" {str(error).splitlines()[0] if str(error) else ''})"
         ) from error
+
+
+class InMemorySource:
+    """A split decoded once into memory: {image uint8 [H,W,C], label} by index, like tfds'
+    data source (same order, so the data stream is the same with or without the cache)."""
+
+    def __init__(self, source, chunk: int = 1000):
+        images, labels = [], []
+        read = getattr(source, "__getitems__", lambda keys: [source[i] for i in keys])
+        for start in range(0, len(source), chunk):
+            examples = read(list(range(start, min(start + chunk, len(source)))))
+            images.append(np.stack([e["image"] for e in examples]))
+            labels.append(np.asarray([e["label"] for e in examples], np.int64))
+        self.images, self.labels = np.concatenate(images), np.concatenate(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> dict[str, np.ndarray]:
+        return {"image": self.images[index], "label": self.labels[index]}
 
 
 def check_batch_sizes(batch_size: int, accum: int, eval_batch_size: int) -> None:
