@@ -121,8 +121,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
             "rng": jax.random.key_data(dropout_key),
         }
 
-    state = jax.jit(init_state, out_shardings=replicated)(init_key)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state["params"]))
+    abstract_state = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        jax.eval_shape(init_state, init_key),
+    )
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_state["params"]))
     logging.info("%s: %s parameters.", config.model_name, f"{num_params:,}")
 
     # ------------------------------------------------------------------ checkpoint restore
@@ -131,12 +134,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
     )
     start_step = manager.latest_step() or 0
-    if start_step:
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        state = manager.restore(start_step, args=ocp.args.StandardRestore(abstract))
-        logging.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
     if start_step > total_steps:
         raise ValueError(f"Checkpoint step {start_step} is beyond total_steps {total_steps}.")
+    if start_step:
+        state = manager.restore(start_step, args=ocp.args.StandardRestore(abstract_state))
+        logging.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
+    else:
+        state = jax.jit(init_state, out_shardings=replicated)(init_key)
     writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
 
     # ------------------------------------------------------------------ update step
@@ -279,9 +283,8 @@ class InMemorySource:
 
     def __init__(self, source, chunk: int = 1000):
         images, labels = [], []
-        read = getattr(source, "__getitems__", lambda keys: [source[i] for i in keys])
         for start in range(0, len(source), chunk):
-            examples = read(list(range(start, min(start + chunk, len(source)))))
+            examples = _read(source, list(range(start, min(start + chunk, len(source)))))
             images.append(np.stack([e["image"] for e in examples]))
             labels.append(np.asarray([e["label"] for e in examples], np.int64))
         self.images, self.labels = np.concatenate(images), np.concatenate(labels)
@@ -291,6 +294,15 @@ class InMemorySource:
 
     def __getitem__(self, index: int) -> dict[str, np.ndarray]:
         return {"image": self.images[index], "label": self.labels[index]}
+
+
+def _read(source, keys: list[int]) -> list[dict]:
+    """Examples `keys` of `source`: one batched read if it has a working `__getitems__` (tfds'
+    is ~3x faster than single reads), else one by one (e.g. tfds' mock data)."""
+    try:
+        return list(source.__getitems__(keys))
+    except (AttributeError, TypeError):
+        return [source[key] for key in keys]
 
 
 def check_batch_sizes(batch_size: int, accum: int, eval_batch_size: int) -> None:
