@@ -16,7 +16,8 @@ Table columns: top-1 accuracy on the 10,000 test images at the last step (no sel
 parameters; forward FLOPs per image as XLA's cost analysis of the compiled forward pass counts
 them (a multiply-add is 2 FLOPs; the paper's "FLOPs" are multiply-adds and, for Krause models,
 omit the q/k/v/o projections); training step time (median over the run's logging intervals,
-batch 128, input pipeline included, compilation and evaluation excluded); wall time of the run.
+batch 128, input pipeline included, compilation and evaluation excluded); wall time of the
+run in this invocation (compilation and evaluation included; less when resumed).
 """
 
 from __future__ import annotations
