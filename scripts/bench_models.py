@@ -212,12 +212,12 @@ def prepare_sampling(name: str, attention: str, num_images: int, overrides: dict
 
 def bench_sampling(args) -> list[dict]:
     mnist_depth = 2 if args.quick else 12
-    cases = (
-        ("pixel_ar_mnist", {"depth": mnist_depth}, args.num_images_mnist),
-        ("pixel_ar_cifar10", {"depth": args.cifar_depth}, args.num_images_cifar),
-    )
+    cases = {
+        "mnist": ("pixel_ar_mnist", {"depth": mnist_depth}, args.num_images_mnist),
+        "cifar10": ("pixel_ar_cifar10", {"depth": args.cifar_depth}, args.num_images_cifar),
+    }
     rows = []
-    for name, overrides, num_images in cases:
+    for name, overrides, num_images in (cases[size] for size in args.sample_sizes.split(",")):
         runs, case_rows = {}, {}
         for attention in ATTENTION_NAMES:
             runs[attention], case_rows[attention] = prepare_sampling(
@@ -315,6 +315,7 @@ def main():
     parser.add_argument("--num-images-cifar", type=int, default=None)
     parser.add_argument("--cifar-depth", type=int, default=None, help="CIFAR-size sampling depth")
     parser.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs")
+    parser.add_argument("--sample-sizes", default="mnist,cifar10", help="sampling cases to run")
     args = parser.parse_args()
     defaults = dict(
         batch_cifar=(4, 64),
