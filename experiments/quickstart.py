@@ -14,7 +14,7 @@ Like every run, it resumes from WORKDIR after an interruption (a finished run is
 
 Result on the 2-core development machine (no accelerator; shared with other jobs, load ~4):
 
-| model | attention | test acc. (%) | params | fwd MFLOPs/image (XLA) | train step (ms) | run wall (s) |
+| model | attention | test acc. (%) | params | fwd MFLOPs/img (XLA) | step (ms) | wall (s) |
 |---|---|---|---|---|---|---|
 | vit | softmax | 86.40 | 139,018 | 5.55 | 114 (batch 128) | 201 |
 | kvit | krause | 86.62 | 139,022 | 5.83 | 125 (batch 128) | 222 |
@@ -127,8 +127,8 @@ def median_step_time(records: list[dict]) -> float:
 
 def format_table(rows: list[dict]) -> str:
     lines = [
-        "| model | attention | test acc. (%) | params | fwd MFLOPs/image (XLA) | train step (ms) "
-        "| run wall (s) |",
+        "| model | attention | test acc. (%) | params | fwd MFLOPs/img (XLA) | step (ms) "
+        "| wall (s) |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
