@@ -35,7 +35,7 @@ _placeholder = ml_collections.config_dict.placeholder
 
 
 def base_config() -> ConfigDict:
-    """Every trainer field with its default. Fields (units in brackets):
+    """Every trainer field with its default:
 
     seed: PRNG seed of initialisation, dropout and the data order (the recipes' 3407).
     model_name: registry name (`krause.models.model_names()`); model: every field of that model
