@@ -15,6 +15,7 @@ import pytest
 
 from krause.data import get_dataset_info
 from krause.models import get_model
+from krause.paper import PAPER, row_name
 from krause.train import config as tc
 
 CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
@@ -177,3 +178,14 @@ def test_config_argument_parsing():
         tc.parse_arg("ropee", rope=False)
     with pytest.raises(ValueError, match="is not a boolean"):
         tc.parse_arg("rope=maybe", rope=False)
+
+
+@pytest.mark.parametrize(
+    ("file", "arg"), sorted(PARAMS), ids=[f"{f}:{a}" for f, a in sorted(PARAMS)]
+)
+def test_table_row_configs_map_to_the_papers_row(file, arg):
+    """scripts/collect_results.py finds each table row's paper number from its config."""
+    config = tc.load_config(f"{CONFIGS / file}:{arg}")
+    row = row_name(config.model_name, config.model.to_dict())
+    assert (config.input.dataset, row) in PAPER, row
+    assert PAPER[(config.input.dataset, row)][2] == PARAMS[(file, arg)]
