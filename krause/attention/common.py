@@ -44,11 +44,7 @@ def keep_above(scores: jax.Array, keep: jax.Array, threshold: jax.Array) -> jax.
 
 def masked_softmax(scores: jax.Array, keep: jax.Array) -> jax.Array:
     """Softmax over the kept entries of each row; zero elsewhere. Rows need >= 1 kept entry."""
-    masked = jnp.where(keep, scores, -jnp.inf)
-    row_max = jax.lax.stop_gradient(jnp.max(masked, axis=-1, keepdims=True))
-    row_max = jnp.where(jnp.isfinite(row_max), row_max, 0.0)
-    unnormalized = jnp.where(keep, jnp.exp(masked - row_max), 0.0)
-    return unnormalized / jnp.sum(unnormalized, axis=-1, keepdims=True)
+    return jax.nn.softmax(jnp.where(keep, scores, -jnp.inf), axis=-1)
 
 
 def select_and_normalize(

@@ -29,8 +29,6 @@ import numpy as np
 from krause.attention import local
 from krause.attention.common import (
     compute_dtype,
-    keep_above,
-    masked_softmax,
     neg_sq_dist,
     select_and_normalize,
 )
@@ -47,9 +45,9 @@ from krause.attention.selection import kth_largest
 
 IMPLS = ("auto", "reference", "dense", "gather", "stencil", "blocked")
 # "auto" uses dense masked attention on a grid while the sequence is shorter than this many times
-# the neighbourhood size: on CPUs one key of a dense matmul row costs ~1/12 of one stencil slot
-# (measured with scripts/bench_attention.py at 65, 197, 257 and 4097 tokens).
-DENSE_COST_FACTOR = 12
+# the neighbourhood size: on CPUs one key of a dense matmul row costs ~1/9 of one stencil slot
+# (measured at 65 tokens with 6 slots: stencil faster; 197 tokens with 26 slots: dense faster).
+DENSE_COST_FACTOR = 9
 
 
 class KrauseWeights(NamedTuple):
@@ -138,31 +136,49 @@ def _rbf(q, k, v, inv, mask, bias, top_k):
 
 
 def _dense(q, k, v, inv, nb, top_k):
-    """Masked dense scores through matmuls: -||q - k||^2 = 2 q.k - ||k||^2 - ||q||^2 with q and k
-    centred on the keys' mean first (exact: distances are translation invariant; it keeps float32
-    accurate when q and k are large but close), and ||q||^2 dropped (a row constant).
+    """Masked dense scores through one matmul, O(N^2) memory; the fastest path for short sequences.
 
-    The top-k threshold is found on each query's neighbour slots (a gather of |N(i)| scores)
-    rather than on the whole row, which is what makes this path cheap for short sequences.
+    -||q - k||^2 / (2 sigma^2) = (2 q.k - ||k||^2 - ||q||^2) / (2 sigma^2) on q and k centred on the
+    keys' mean (exact: distances are translation invariant; it keeps float32 accurate when q and
+    k are large but close), with ||q||^2 dropped (a row constant) and keys outside the
+    neighbourhood as an additive -inf. The top-k threshold is found on each query's neighbour
+    slots (a gather of |N(i)| scores) rather than on its whole row.
     """
     # Rounded to integers so that small or integer-valued inputs stay exact (ties stay ties).
     centre = jax.lax.stop_gradient(jnp.round(jnp.mean(k, axis=1, keepdims=True)))
-    q, k_c = q - centre, k - centre
-    dots = jnp.einsum("bihd,bjhd->bhij", q, k_c)
-    scores = 2.0 * dots - jnp.moveaxis(jnp.sum(jnp.square(k_c), axis=-1), -1, 1)[:, :, None, :]
-    scores = scores * inv[:, None, None]  # [B, H, N, N]
-    keep = jnp.asarray(dense_mask(nb))
+    q, k = q - centre, k - centre
+    key_term = jnp.moveaxis(jnp.sum(jnp.square(k), axis=-1) * inv, -1, 1)[:, :, None, :]
+    mask = dense_mask(nb)
+    if not mask.all():
+        key_term = key_term + jnp.asarray(np.where(mask, 0.0, np.inf), q.dtype)
+    scores = jnp.einsum("bihd,bjhd->bhij", q * (2.0 * inv)[:, None], k) - key_term  # [B,H,N,N]
     if top_k is not None and top_k < max_neighbors(nb):
-        g, n = nb.num_global_queries, nb.length
-        table = index_table(nb)[g:]
-        thresholds = [kth_largest(scores[:, :, :g], top_k)] if g else []
-        if g < n:
-            slot_index = jnp.asarray(np.maximum(table, 0))[None, None]
-            slots = jnp.take_along_axis(scores[:, :, g:], slot_index, axis=-1)
-            thresholds.append(kth_largest(slots, top_k, jnp.asarray(table >= 0)))
-        keep = keep_above(scores, keep, jnp.concatenate(thresholds, axis=2))
-    p = masked_softmax(scores, keep)
+        scores = jnp.where(_dense_top_k(scores, nb, top_k), scores, -jnp.inf)
+    p = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum("bhij,bjhd->bihd", p, v), p
+
+
+def _dense_top_k(scores, nb, top_k):
+    """bool [B, H, N, N]: scores >= the k-th largest of the query's neighbourhood, plus the best.
+
+    The best entry of each row is kept by index (as in `keep_above`): XLA may recompute the
+    scores with other rounding in the comparing fusion, and a row must never end up empty.
+    """
+    g, n = nb.num_global_queries, nb.length
+    thresholds, best = [], []
+    if g:
+        thresholds.append(kth_largest(scores[:, :, :g], top_k))
+        best.append(jnp.argmax(scores[:, :, :g], axis=-1, keepdims=True))
+    if g < n:
+        table = index_table(nb)[g:]
+        slot_keys, slot_valid = jnp.asarray(np.maximum(table, 0)), jnp.asarray(table >= 0)
+        slot_keys = jnp.broadcast_to(slot_keys, scores.shape[:2] + slot_keys.shape)
+        slots = jnp.take_along_axis(scores[:, :, g:], slot_keys, axis=-1)  # [B, H, N - g, w]
+        thresholds.append(kth_largest(slots, top_k, slot_valid))
+        best_slot = jnp.argmax(jnp.where(slot_valid, slots, -jnp.inf), axis=-1, keepdims=True)
+        best.append(jnp.take_along_axis(slot_keys, best_slot, axis=-1))
+    is_best = jnp.arange(n) == jnp.concatenate(best, axis=2)
+    return (scores >= jnp.concatenate(thresholds, axis=2)) | is_best
 
 
 def _gather(q, k, v, inv, nb, top_k):

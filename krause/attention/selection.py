@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jax import lax
 
 _CHUNK_ELEMENTS = 1 << 16  # elements per chunk (~256 KiB of float32) to stay in cache
+_UNCHUNKED_ELEMENTS = 1 << 20  # below this, one pass per bit over everything is faster
 
 
 def _order_preserving_keys(x: jax.Array) -> jax.Array:
@@ -65,7 +66,7 @@ def kth_largest(x: jax.Array, k: int, valid: jax.Array | None = None) -> jax.Arr
     n = x.shape[-1]
     rows = key.reshape(-1, n)
     per_chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
-    if rows.shape[0] <= per_chunk:
+    if rows.size <= _UNCHUNKED_ELEMENTS:
         kth = _kth_largest_key(rows, k)
     else:
         kth = lax.map(lambda r: _kth_largest_key(r[None], k)[0], rows, batch_size=per_chunk)
