@@ -16,8 +16,8 @@ everything else running on the machine; the output also gives process CPU time (
 threads, less sensitive to other processes), the CPU count and the load average before and after.
 
 Usage:
-  python scripts/bench_models.py                          # everything (~30 min on 2 CPU cores)
-  python scripts/bench_models.py --quick                  # smoke run: tiny depths and batches
+  python scripts/bench_models.py            # everything (~20 min on 2 idle cores)
+  python scripts/bench_models.py --quick    # smoke run (~2 min): depth 2, tiny batches
   python scripts/bench_models.py --only sample --json results/bench_models.json
 """
 
