@@ -149,7 +149,11 @@ def bench_train(args) -> list[dict]:
     overrides = {} if args.layout is None else {"layout": args.layout}
     if args.quick:
         overrides["depth"] = 2
-    pairs = (("vit_s4", "kvit_s4", args.batch_cifar), ("vit_s16", "kvit_s16", args.batch_imagenet))
+    pairs = {
+        "cifar": ("vit_s4", "kvit_s4", args.batch_cifar),
+        "imagenet": ("vit_s16", "kvit_s16", args.batch_imagenet),
+    }
+    pairs = [pairs[size] for size in args.train_sizes.split(",")]
     rows = []
     for baseline, krause, batch in pairs:
         runs, pair_rows = {}, {}
@@ -315,6 +319,7 @@ def main():
     parser.add_argument("--num-images-cifar", type=int, default=None)
     parser.add_argument("--cifar-depth", type=int, default=None, help="CIFAR-size sampling depth")
     parser.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs")
+    parser.add_argument("--train-sizes", default="cifar,imagenet", help="train pairs to run")
     parser.add_argument("--sample-sizes", default="mnist,cifar10", help="sampling cases to run")
     args = parser.parse_args()
     defaults = dict(
