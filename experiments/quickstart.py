@@ -10,6 +10,8 @@ WORKDIR/kvit, and writes:
   WORKDIR/summary.md    the comparison table (also printed)
   WORKDIR/summary.json  the same numbers
   WORKDIR/curves.png    training loss and test accuracy against the step, both models
+  WORKDIR/attention.png the trained KViT's attention on test images: per layer, what CLS attends
+                        to, and the top-k weights of one patch inside its 4-neighbour window
 Like every run, it resumes from WORKDIR after an interruption (a finished run is only evaluated).
 
 Result on the 2-core development machine (no accelerator; shared with other jobs, load ~4):
@@ -71,7 +73,7 @@ def main(argv) -> None:
     prepare("fashion_mnist", data_dir=data_dir, archive_dir=_ARCHIVE_DIR.value)
     logging.info("Fashion-MNIST ready in %s (%.0f s).", data_dir, time.perf_counter() - start)
 
-    rows = []
+    rows, configs = [], {}
     for name, model_name, attention in MODELS:
         config = load_config(
             f"{REPO / 'configs/fashion_mnist_vit.py'}:model={model_name},quickstart"
@@ -79,6 +81,7 @@ def main(argv) -> None:
         config.input.data_dir = data_dir
         if _EPOCHS.value is not None:
             config.total_epochs = _EPOCHS.value
+        configs[name] = config
         run_start = time.perf_counter()
         results = train_and_evaluate(config, workdir / name)
         wall = time.perf_counter() - run_start
@@ -105,7 +108,9 @@ def main(argv) -> None:
     summary = {"rows": rows, "total_wall_s": total, "devices": str(jax.devices())}
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     plot_curves({name: read_metrics(workdir / name) for name, _, _ in MODELS}, workdir)
-    print(f"Curves: {workdir / 'curves.png'}. Total wall time {total:.0f} s.")
+    plot_attention(configs["kvit"], workdir / "kvit", workdir / "attention.png")
+    print(f"Figures: {workdir / 'curves.png'}, {workdir / 'attention.png'}.")
+    print(f"Total wall time {total:.0f} s.")
 
 
 def forward_flops(model, jax, jnp) -> float:
@@ -174,6 +179,66 @@ def plot_curves(histories: dict[str, list[dict]], workdir: pathlib.Path) -> None
     fig.suptitle("Fashion-MNIST quick start: ViT vs KViT (same layout, only the attention differs)")
     fig.tight_layout()
     fig.savefig(workdir / "curves.png", dpi=120)
+    plt.close(fig)
+
+
+def plot_attention(config, run_dir: pathlib.Path, path: pathlib.Path, num_images: int = 4) -> None:
+    """The trained Krause model's attention on the first test images, from its last checkpoint.
+
+    Columns: the image; for each layer the CLS query's weights on the patches (mean over heads);
+    the last layer's weights of one patch query, which live in its 4-neighbour window (top-k).
+    """
+    import matplotlib
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from krause.attention import densify_weights
+    from krause.data import data_source, get_dataset_info
+    from krause.data.pipeline import preprocess_eval
+    from krause.models import get_model
+
+    manager = ocp.CheckpointManager(run_dir / "checkpoints")
+    params = manager.restore(manager.latest_step(), args=ocp.args.StandardRestore())["params"]
+    model = get_model(config.model_name, **{**config.model.to_dict(), "capture": True})
+    info = get_dataset_info(config.input.dataset)
+    test = data_source(config.input, info.test_split)
+    examples = [preprocess_eval(test[i], config=config.input, info=info) for i in range(num_images)]
+    images = np.stack([e["image"] for e in examples])
+    _, captured = model.apply({"params": params}, images, train=False, mutable=["intermediates"])
+    blocks = sorted(k for k in captured["intermediates"] if k.startswith("block_"))
+    # [layer, batch, heads, N, N] dense probabilities, token 0 is CLS.
+    probs = np.stack(
+        [densify_weights(captured["intermediates"][b]["attention_weights"][0]) for b in blocks]
+    )
+    grid = model.image_size // model.patch_size
+    query = 1 + grid + 1  # patch (1, 1)
+    columns = len(blocks) + 2
+    fig, axes = plt.subplots(num_images, columns, figsize=(2 * columns, 2 * num_images))
+    for row in range(num_images):
+        axes[row, 0].imshow(images[row, ..., 0], cmap="gray")
+        for layer in range(len(blocks)):
+            cls = probs[layer, row, :, 0, 1:].mean(0).reshape(grid, grid)
+            axes[row, layer + 1].imshow(cls, cmap="magma", vmin=0)
+            if row == 0:
+                axes[row, layer + 1].set_title(f"layer {layer + 1}: CLS", fontsize=9)
+        local = probs[-1, row, :, query, 1:].mean(0).reshape(grid, grid)
+        axes[row, -1].imshow(local, cmap="magma", vmin=0)
+        axes[row, -1].add_patch(plt.Circle((1, 1), 0.15, color="cyan"))
+        if row == 0:
+            axes[row, 0].set_title("test image", fontsize=9)
+            axes[row, -1].set_title(f"layer {len(blocks)}: patch (1,1)", fontsize=9)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.suptitle(
+        f"KViT attention ({grid}x{grid} patches + CLS; mean over heads; the dot marks the query)",
+        fontsize=10,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
     plt.close(fig)
 
 
