@@ -170,22 +170,25 @@ def _dense(q, k, v, inv, nb, top_k):
 def _dense_top_k(scores, nb, top_k):
     """bool [B, H, N, N]: scores >= the k-th largest of the query's neighbourhood, plus the best.
 
-    The best entry of each row is kept by index (as in `keep_above`): XLA may recompute the
-    scores with other rounding in the comparing fusion, and a row must never end up empty.
+    Each query's neighbour slots are read with one static gather from the flattened [N * N]
+    scores. The best entry of each row is also kept by index (as in `keep_above`), so a row can
+    never end up empty.
     """
     g, n = nb.num_global_queries, nb.length
+    batch, heads = scores.shape[:2]
     thresholds, best = [], []
     if g:
         thresholds.append(kth_largest(scores[:, :, :g], top_k))
         best.append(jnp.argmax(scores[:, :, :g], axis=-1, keepdims=True))
     if g < n:
         table = index_table(nb)[g:]
-        slot_keys, slot_valid = jnp.asarray(np.maximum(table, 0)), jnp.asarray(table >= 0)
-        slot_keys = jnp.broadcast_to(slot_keys, scores.shape[:2] + slot_keys.shape)
-        slots = jnp.take_along_axis(scores[:, :, g:], slot_keys, axis=-1)  # [B, H, N - g, w]
+        keys, slot_valid = np.maximum(table, 0), jnp.asarray(table >= 0)
+        flat = (np.arange(g, n)[:, None] * n + keys).reshape(-1)
+        slots = jnp.take(scores.reshape(batch, heads, n * n), jnp.asarray(flat), axis=-1)
+        slots = slots.reshape(batch, heads, n - g, table.shape[1])  # [B, H, N - g, w]
         thresholds.append(kth_largest(slots, top_k, slot_valid))
-        best_slot = jnp.argmax(jnp.where(slot_valid, slots, -jnp.inf), axis=-1, keepdims=True)
-        best.append(jnp.take_along_axis(slot_keys, best_slot, axis=-1))
+        best_slot = jnp.argmax(jnp.where(slot_valid, slots, -jnp.inf), axis=-1)
+        best.append(jnp.asarray(keys)[np.arange(n - g)[:, None], best_slot[..., None]])
     is_best = jnp.arange(n) == jnp.concatenate(best, axis=2)
     return (scores >= jnp.concatenate(thresholds, axis=2)) | is_best
 
