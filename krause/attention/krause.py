@@ -140,39 +140,40 @@ def _dense(q, k, v, inv, nb, top_k):
 
     -||q - k||^2 / (2 sigma^2) = (2 q.k - ||k||^2 - ||q||^2) / (2 sigma^2) on q and k centred on the
     keys' mean (exact: distances are translation invariant; it keeps float32 accurate when q and
-    k are large but close), with ||q||^2 dropped (a row constant). The key term rides along as an
-    extra contraction column, [2 q / (2 sigma^2), -1] . [k, ||k||^2 / (2 sigma^2)], so the scores
-    are one matmul output: XLA can recompute elementwise producers inside several fusions with
-    different rounding, but not a matmul, so the top-k thresholds and the comparisons against
-    them see identical values. Keys outside the neighbourhood, and keys dropped by top-k, get an
-    additive -inf (exact). The top-k threshold is found on each query's neighbour slots (a gather
-    of |N(i)| scores) rather than on its whole row.
+    k are large but close), with ||q||^2 dropped (a row constant). Keys outside the neighbourhood,
+    and keys dropped by top-k, get an additive -inf. The top-k threshold is found on each query's
+    neighbour slots (a gather of |N(i)| scores) rather than on its whole row.
     """
     # Rounded to integers so that small or integer-valued inputs stay exact (ties stay ties).
     centre = jax.lax.stop_gradient(jnp.round(jnp.mean(k, axis=1, keepdims=True)))
     q, k = q - centre, k - centre
-    key_term = jnp.sum(jnp.square(k), axis=-1, keepdims=True) * inv[:, None]  # [B, N, H, 1]
-    q_aug = jnp.concatenate([q * (2.0 * inv)[:, None], -jnp.ones_like(q[..., :1])], axis=-1)
-    k_aug = jnp.concatenate([k, key_term], axis=-1)
-    scores = jnp.einsum("bihd,bjhd->bhij", q_aug, k_aug)  # [B, H, N, N]
+    key_term = jnp.moveaxis(jnp.sum(jnp.square(k), axis=-1) * inv, -1, 1)[:, :, None, :]
+    scores = jnp.einsum("bihd,bjhd->bhij", q * (2.0 * inv)[:, None], k) - key_term  # [B,H,N,N]
     mask = dense_mask(nb)
     if not mask.all():
         scores = scores + jnp.asarray(np.where(mask, 0.0, -np.inf), q.dtype)
     if top_k is not None and top_k < max_neighbors(nb):
+        # XLA may evaluate `dot - key_term` inside several fusions (the slot gather, the
+        # comparison) with different rounding (FMA contraction, reduction order), and the k-th
+        # key would then fall below its own threshold. Scores within this rounding slack of the
+        # threshold count as ties and are kept.
+        eps = jnp.finfo(q.dtype).eps
+        slack = (q.shape[-1] + 8) * eps * jnp.max(key_term, axis=-1, keepdims=True)
+        keep = _dense_top_k(jax.lax.stop_gradient(scores), nb, top_k, jax.lax.stop_gradient(slack))
         # Additive and outside the gradient: the softmax already gives dropped keys zero
         # gradient, and a select in the backward pass would cost a pass over [B, H, N, N].
-        keep = _dense_top_k(jax.lax.stop_gradient(scores), nb, top_k)
         scores = scores + jax.lax.stop_gradient(jnp.where(keep, 0.0, -jnp.inf).astype(q.dtype))
     p = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum("bhij,bjhd->bihd", p, v), p
 
 
-def _dense_top_k(scores, nb, top_k):
+def _dense_top_k(scores, nb, top_k, slack):
     """bool [B, H, N, N]: scores >= the k-th largest of the query's neighbourhood, plus the best.
 
-    Each query's neighbour slots are read with one static gather from the flattened [N * N]
-    scores. The best entry of each row is also kept by index (as in `keep_above`), so a row can
-    never end up empty.
+    `slack` [B, H, 1, 1] >= 0: the rounding slack of the scores' larger term; scores within
+    `slack + 8 eps |threshold|` below the threshold count as ties. Each query's neighbour
+    slots are read with one static gather from the flattened [N * N] scores. The best entry of
+    each row is also kept by index (as in `keep_above`), so a row can never end up empty.
     """
     g, n = nb.num_global_queries, nb.length
     batch, heads = scores.shape[:2]
@@ -190,7 +191,9 @@ def _dense_top_k(scores, nb, top_k):
         best_slot = jnp.argmax(jnp.where(slot_valid, slots, -jnp.inf), axis=-1)
         best.append(jnp.asarray(keys)[np.arange(n - g)[:, None], best_slot[..., None]])
     is_best = jnp.arange(n) == jnp.concatenate(best, axis=2)
-    return (scores >= jnp.concatenate(thresholds, axis=2)) | is_best
+    threshold = jnp.concatenate(thresholds, axis=2)
+    threshold = threshold - (slack + 8 * jnp.finfo(scores.dtype).eps * jnp.abs(threshold))
+    return (scores >= threshold) | is_best
 
 
 def _gather(q, k, v, inv, nb, top_k):
