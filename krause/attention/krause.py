@@ -7,7 +7,9 @@ Per head h, for query i and key j in the neighbourhood N(i):
     out_i = sum_{j in S_i} softmax_j(s_ij) v_j
 
 No 1/sqrt(d) factor. Ties at the k-th score: every key whose score is >= the k-th largest is kept
-(deterministic; on real data ties have measure zero). All arrays are [batch, length, heads, dim].
+(deterministic; on real data ties have measure zero). The dense path also keeps keys within float
+rounding of the k-th score ((head_dim + 8) eps of the scores' magnitude), because XLA may round
+the same score differently in two fusions. All arrays are [batch, length, heads, dim].
 
 Implementations (`impl=`):
   "reference": dense [N, N] scores from explicit differences, O(N^2 d) memory. The oracle.
