@@ -68,7 +68,7 @@ def main(argv) -> None:
 
     quiet_library_logs()
     start = time.perf_counter()
-    workdir = pathlib.Path(_WORKDIR.value).expanduser()
+    workdir = pathlib.Path(_WORKDIR.value).expanduser().absolute()
     data_dir = str(pathlib.Path(_DATA_DIR.value).expanduser())
     prepare("fashion_mnist", data_dir=data_dir, archive_dir=_ARCHIVE_DIR.value)
     logging.info("Fashion-MNIST ready in %s (%.0f s).", data_dir, time.perf_counter() - start)

@@ -171,14 +171,16 @@ def test_gradient_accumulation_matches_whole_batches(pixel_run, tmp_path):
     )
 
 
-def test_resume_reproduces_the_uninterrupted_run(classification_run, tmp_path):
+def test_resume_reproduces_the_uninterrupted_run(classification_run, tmp_path, monkeypatch):
     reference, _ = classification_run
     workdir = tmp_path / "resumed"
     shutil.copytree(reference, workdir)
-    # As if the run had stopped after step 2 (its last checkpoint) and been restarted.
+    # As if the run had stopped after step 2 (its last checkpoint) and been restarted, with a
+    # relative --workdir as people type it (orbax itself needs absolute paths).
     shutil.rmtree(workdir / "checkpoints" / "4")
     (workdir / "results.json").unlink()
-    results = run(CLASSIFICATION, workdir)
+    monkeypatch.chdir(tmp_path)
+    results = run(CLASSIFICATION, "resumed")
     assert results["step"] == 4
     expected, actual = restore_params(reference, 4), restore_params(workdir, 4)
     jax.tree.map(np.testing.assert_array_equal, actual, expected)

@@ -54,7 +54,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     # ------------------------------------------------------------------ setup
     maybe_initialize_distributed(config)
-    workdir = pathlib.Path(workdir).expanduser()
+    workdir = pathlib.Path(workdir).expanduser().absolute()  # orbax needs absolute paths
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
