@@ -14,15 +14,15 @@ WORKDIR/kvit, and writes:
                         to, and the top-k weights of one patch inside its 4-neighbour window
 Like every run, it resumes from WORKDIR after an interruption (a finished run is only evaluated).
 
-Result on the 2-core development machine (no accelerator; shared with other jobs, load ~4):
+Result on the 2-core development machine (no accelerator), from a fresh clone on 2026-11-22:
 
 | model | attention | test acc. (%) | params | fwd MFLOPs/img (XLA) | step (ms) | wall (s) |
 |---|---|---|---|---|---|---|
-| vit | softmax | 86.40 | 139,018 | 5.55 | 114 (batch 128) | 201 |
-| kvit | krause | 86.62 | 139,022 | 5.83 | 125 (batch 128) | 222 |
+| vit | softmax | 86.40 | 139,018 | 5.55 | 63 (batch 128) | 128 |
+| kvit | krause | 86.71 | 139,022 | 5.71 | 74 (batch 128) | 146 |
 
-Total 425 s (7.1 min) with Fashion-MNIST already prepared. The runs are deterministic (seed
-3407): the accuracies repeat exactly on this machine; times vary with load.
+Total 277 s with Fashion-MNIST already prepared. The runs are deterministic (seed 3407): the
+accuracies repeat exactly on this machine; times vary with load.
 
 Table columns: top-1 accuracy on the 10,000 test images at the last step (no selection);
 parameters; forward FLOPs per image as XLA's cost analysis of the compiled forward pass counts
