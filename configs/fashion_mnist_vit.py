@@ -91,11 +91,7 @@ def get_config(arg=None):
         config.eval_every_epochs = 0.5
         config.checkpoint_every_epochs = 0.5
     if arg.smoke:
-        config.total_steps = 3
-        config.warmup_steps = 1
-        config.input.global_batch_size = 8
-        config.input.eval_batch_size = 16
-        config.log_every_steps = 1
+        tc.shrink_to_smoke(config)
     return config
 
 

@@ -92,11 +92,7 @@ def get_config(arg=None):
         config.input.image_size = 64
         config.input.worker_count = 0
         config.dtype = "float32"
-        config.total_steps = 3
-        config.warmup_steps = 1
-        config.input.global_batch_size = 8
-        config.input.eval_batch_size = 16
-        config.log_every_steps = 1
+        tc.shrink_to_smoke(config)
     return config
 
 

@@ -83,10 +83,7 @@ def get_config(arg=None):
     config.checkpoint_every_steps = 2000
 
     if arg.smoke:
-        config.total_steps = 3
-        config.input.global_batch_size = 4
-        config.input.eval_batch_size = 8
-        config.log_every_steps = 1
+        tc.shrink_to_smoke(config, global_batch_size=4, eval_batch_size=8, warmup_steps=None)
     return config
 
 

@@ -108,6 +108,23 @@ def base_config() -> ConfigDict:
 # ------------------------------------------------------------------------------ durations
 
 
+def shrink_to_smoke(
+    config: ConfigDict,
+    *,
+    global_batch_size: int = 8,
+    eval_batch_size: int = 16,
+    warmup_steps: int | None = 1,
+) -> ConfigDict:
+    """The `smoke` variant of a config: 3 steps of tiny batches, logging every step (in place)."""
+    config.total_steps = 3
+    if warmup_steps is not None:
+        config.warmup_steps = warmup_steps
+    config.input.global_batch_size = global_batch_size
+    config.input.eval_batch_size = eval_batch_size
+    config.log_every_steps = 1
+    return config
+
+
 def resolve_steps(
     config: ConfigDict, prefix: str, *, steps_per_epoch: float, total_steps: int | None = None
 ) -> int | None:
