@@ -18,10 +18,10 @@ Result on the 2-core development machine (no accelerator), from a fresh clone on
 
 | model | attention | test acc. (%) | params | fwd MFLOPs/img (XLA) | step (ms) | wall (s) |
 |---|---|---|---|---|---|---|
-| vit | softmax | 86.40 | 139,018 | 5.55 | 63 (batch 128) | 128 |
-| kvit | krause | 86.71 | 139,022 | 5.71 | 74 (batch 128) | 146 |
+| vit | softmax | 86.40 | 139,018 | 5.55 | 63 (batch 128) | 122 |
+| kvit | krause | 86.71 | 139,022 | 5.71 | 73 (batch 128) | 145 |
 
-Total 277 s with Fashion-MNIST already prepared. The runs are deterministic (seed 3407): the
+Total 269 s with Fashion-MNIST already prepared. The runs are deterministic (seed 3407): the
 accuracies repeat exactly on this machine; times vary with load.
 
 Table columns: top-1 accuracy on the 10,000 test images at the last step (no selection);
