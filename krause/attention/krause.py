@@ -7,9 +7,7 @@ Per head h, for query i and key j in the neighbourhood N(i):
     out_i = sum_{j in S_i} softmax_j(s_ij) v_j
 
 No 1/sqrt(d) factor. Ties at the k-th score: every key whose score is >= the k-th largest is kept
-(deterministic; on real data ties have measure zero). The dense path also keeps keys within float
-rounding of the k-th score ((head_dim + 8) eps of the scores' magnitude), because XLA may round
-the same score differently in two fusions. All arrays are [batch, length, heads, dim].
+(deterministic; on real data ties have measure zero). All arrays are [batch, length, heads, dim].
 
 Implementations (`impl=`):
   "reference": dense [N, N] scores from explicit differences, O(N^2 d) memory. The oracle.
@@ -149,33 +147,32 @@ def _dense(q, k, v, inv, nb, top_k):
     # Rounded to integers so that small or integer-valued inputs stay exact (ties stay ties).
     centre = jax.lax.stop_gradient(jnp.round(jnp.mean(k, axis=1, keepdims=True)))
     q, k = q - centre, k - centre
-    key_term = jnp.moveaxis(jnp.sum(jnp.square(k), axis=-1) * inv, -1, 1)[:, :, None, :]
-    scores = jnp.einsum("bihd,bjhd->bhij", q * (2.0 * inv)[:, None], k) - key_term  # [B,H,N,N]
+    # XLA recomputes the scores inside every fusion that reads them (the slot gather, the
+    # comparison with the threshold, the softmax). Written as (dot - ||k||^2) * inv, with the
+    # matmul and the reduction materialised, each copy is the same two IEEE operations (there is
+    # no a * b + c to contract into an FMA), so the k-th key always meets its own threshold.
+    sq_norms = jnp.moveaxis(jnp.sum(jnp.square(k), axis=-1), -1, 1)[:, :, None, :]  # [B, H, 1, N]
+    dots = jnp.einsum("bihd,bjhd->bhij", 2.0 * q, k)
+    scores = (dots - sq_norms) * inv[:, None, None]  # [B, H, N, N]
     mask = dense_mask(nb)
-    if not mask.all():
-        scores = scores + jnp.asarray(np.where(mask, 0.0, -np.inf), q.dtype)
     if top_k is not None and top_k < max_neighbors(nb):
-        # XLA may evaluate `dot - key_term` inside several fusions (the slot gather, the
-        # comparison) with different rounding (FMA contraction, reduction order), and the k-th
-        # key would then fall below its own threshold. Scores within this rounding slack of the
-        # threshold count as ties and are kept.
-        eps = jnp.finfo(q.dtype).eps
-        slack = (q.shape[-1] + 8) * eps * jnp.max(key_term, axis=-1, keepdims=True)
-        keep = _dense_top_k(jax.lax.stop_gradient(scores), nb, top_k, jax.lax.stop_gradient(slack))
+        keep = _dense_top_k(jax.lax.stop_gradient(scores), nb, top_k) & mask
         # Additive and outside the gradient: the softmax already gives dropped keys zero
         # gradient, and a select in the backward pass would cost a pass over [B, H, N, N].
         scores = scores + jax.lax.stop_gradient(jnp.where(keep, 0.0, -jnp.inf).astype(q.dtype))
+    elif not mask.all():
+        scores = scores + jnp.asarray(np.where(mask, 0.0, -np.inf), q.dtype)
     p = jax.nn.softmax(scores, axis=-1)
     return jnp.einsum("bhij,bjhd->bihd", p, v), p
 
 
-def _dense_top_k(scores, nb, top_k, slack):
+def _dense_top_k(scores, nb, top_k):
     """bool [B, H, N, N]: scores >= the k-th largest of the query's neighbourhood, plus the best.
 
-    `slack` [B, H, 1, 1] >= 0: the rounding slack of the scores' larger term; scores within
-    `slack + 8 eps |threshold|` below the threshold count as ties. Each query's neighbour
-    slots are read with one static gather from the flattened [N * N] scores. The best entry of
-    each row is also kept by index (as in `keep_above`), so a row can never end up empty.
+    Each query's neighbour slots are read with one static gather from the flattened [N * N]
+    scores; global queries use their whole row. The best entry of each row is also kept by index
+    (as in `keep_above`): a guard that a row can never end up empty. Not masked to the
+    neighbourhood.
     """
     g, n = nb.num_global_queries, nb.length
     batch, heads = scores.shape[:2]
@@ -193,9 +190,7 @@ def _dense_top_k(scores, nb, top_k, slack):
         best_slot = jnp.argmax(jnp.where(slot_valid, slots, -jnp.inf), axis=-1)
         best.append(jnp.asarray(keys)[np.arange(n - g)[:, None], best_slot[..., None]])
     is_best = jnp.arange(n) == jnp.concatenate(best, axis=2)
-    threshold = jnp.concatenate(thresholds, axis=2)
-    threshold = threshold - (slack + 8 * jnp.finfo(scores.dtype).eps * jnp.abs(threshold))
-    return (scores >= threshold) | is_best
+    return (scores >= jnp.concatenate(thresholds, axis=2)) | is_best
 
 
 def _gather(q, k, v, inv, nb, top_k):
