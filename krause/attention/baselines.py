@@ -33,8 +33,9 @@ def softmax_attention(
       out [B, Nq, H, Dv] in q.dtype; with return_weights also the probabilities [B, H, Nq, Nk].
     """
     dtype = compute_dtype(q.dtype)
-    scale = q.shape[-1] ** -0.5
-    scores = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=dtype) * scale
+    # Scale q, not the [B, H, Nq, Nk] scores (as Flax does): one pass over N x D, not N x N.
+    q = q * jnp.asarray(q.shape[-1] ** -0.5, q.dtype)
+    scores = jnp.einsum("bihd,bjhd->bhij", q, k, preferred_element_type=dtype)
     if bias is not None:
         scores = scores + bias.astype(dtype)
     nq, nk = q.shape[1], k.shape[1]
