@@ -1,11 +1,12 @@
 """Benchmark Krause attention against dense softmax and the authors' dense-masked formulation.
 
 Forward + backward (gradients w.r.t. q, k, v and sigma) under `jax.jit`, warmed up, median of
-repeats (at least --repeats calls and at least 2 s of calls); peak memory from XLA's buffer
-assignment of the compiled program (`memory_analysis()`: arguments + outputs + temporaries), so
-it is known even for programs too big to run. Sizes that would exceed the memory budget run at
-a smaller batch (stated); sizes whose extrapolated time exceeds the time budget are skipped
-(stated).
+repeats (at least --repeats calls and at least 2 s of calls; the methods of one size are timed
+round robin, one call each per round, so that load changes hit them alike); peak memory from
+XLA's buffer assignment of the compiled program (`memory_analysis()`: arguments + outputs +
+temporaries), so it is known even for programs too big to run. Sizes that would exceed the
+memory budget run at a smaller batch (stated); sizes whose extrapolated time exceeds the time
+budget are skipped (stated).
 
 Families:
   grid:   h x h patches + 1 global token, radius-1 Manhattan window, top_k 4.
@@ -35,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from krause.allocator import allocator, reexec_with_tcmalloc
 from krause.attention import (
     causal_window,
     dense_mask,
@@ -116,21 +118,37 @@ def compile_step(fn, batch, n, heads, dim):
 MIN_TIMED_S = 2.0
 
 
-def time_compiled(compiled, batch, n, heads, dim, repeats, budget_s):
+def random_args(batch, n, heads, dim) -> list:
     keys = jax.random.split(jax.random.key(0), 4)
     args = [jax.random.normal(key, (batch, n, heads, dim), jnp.float32) for key in keys]
     args.insert(3, jnp.float32(np.log(SIGMA)))
-    jax.block_until_ready(compiled(*args))  # warm-up
-    times = []
-    # At least `repeats` calls and, for fast programs, at least MIN_TIMED_S of calls: the median
-    # of 5 calls of a few milliseconds is at the mercy of whatever else runs on the machine.
-    while len(times) < repeats or (sum(times) < MIN_TIMED_S and len(times) < 1000):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        times.append(time.perf_counter() - start)
-        if sum(times) > budget_s:
-            break
-    return statistics.median(times)
+    return args
+
+
+def time_interleaved(programs: dict, repeats: int, budget_s: float) -> dict[str, float]:
+    """Median seconds per call of each `programs[name] = (compiled, args)`, timed round robin.
+
+    One call of each program per round, so that a change in the machine's load hits all methods
+    of a size alike (ratios are what the table is about). Each program gets at least `repeats`
+    calls and, if fast, at least MIN_TIMED_S of calls (the median of 5 calls of a few
+    milliseconds is at the mercy of whatever else runs), and stops after `budget_s` of calls.
+    """
+    for compiled, args in programs.values():
+        jax.block_until_ready(compiled(*args))  # warm-up
+    times = {name: [] for name in programs}
+
+    def wants_more(name):
+        t = times[name]
+        enough = len(t) >= repeats and (sum(t) >= MIN_TIMED_S or len(t) >= 1000)
+        return not enough and sum(t) <= budget_s
+
+    while active := [name for name in programs if wants_more(name)]:
+        for name in active:
+            compiled, args = programs[name]
+            start = time.perf_counter()
+            jax.block_until_ready(compiled(*args))
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def run(args) -> list[dict]:
@@ -147,15 +165,17 @@ def run(args) -> list[dict]:
     rows, last = [], {}  # last: (family, method) -> (n, seconds per example)
     for case in cases:
         n = case.nb.length
+        case_rows, programs, inputs = [], {}, {}
         for name, fn in methods(case).items():
             row = dict(family=case.family, size=case.label, tokens=n, method=name)
+            case_rows.append(row)
             if name.startswith("krause/"):
                 row["impl"] = resolve_impl(name.split("/")[1], case.nb)
             prev = last.get((case.family, name))
             quadratic = name in ("softmax", "dense-masked (release)", "krause/dense")
             if prev and prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1) > args.time_budget_s:
                 est = prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1)
-                rows.append(row | dict(skipped=f"extrapolated {est:.0f} s per step > budget"))
+                row["skipped"] = f"extrapolated {est:.0f} s per step > budget"
                 continue
             batch = b
             compiled, peak = compile_step(fn, batch, n, heads, dim)
@@ -164,15 +184,20 @@ def run(args) -> list[dict]:
                 compiled, peak = compile_step(fn, batch, n, heads, dim)
             row |= dict(batch=batch, peak_mb=peak / 2**20)
             if peak > budget:
-                rows.append(row | dict(skipped=f"needs {peak / 2**30:.1f} GiB at batch 1"))
+                row["skipped"] = f"needs {peak / 2**30:.1f} GiB at batch 1"
                 continue
-            seconds = time_compiled(
-                compiled, batch, n, heads, dim, args.repeats, args.time_budget_s
-            )
-            row |= dict(ms=1e3 * seconds, ms_per_example=1e3 * seconds / batch)
-            last[(case.family, name)] = (n, seconds / batch)
-            rows.append(row)
+            if batch not in inputs:
+                inputs[batch] = random_args(batch, n, heads, dim)
+            programs[name] = (compiled, inputs[batch])
+        seconds = time_interleaved(programs, args.repeats, args.time_budget_s)
+        for row in case_rows:
+            if row["method"] in seconds:
+                t = seconds[row["method"]]
+                row |= dict(ms=1e3 * t, ms_per_example=1e3 * t / row["batch"])
+                last[(case.family, row["method"])] = (n, t / row["batch"])
             print(_fmt_row(row), flush=True)
+        rows += case_rows
+        del programs, inputs
     return rows
 
 
@@ -235,11 +260,13 @@ def machine() -> dict:
         processor=platform.processor() or platform.machine(),
         jax=jax.__version__,
         backend=jax.default_backend(),
+        allocator=allocator(),
         date=datetime.date.today().isoformat(),
     )
 
 
 def main():
+    reexec_with_tcmalloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grids", default="8,16,32,64,128", help="grid sides, comma separated")
     parser.add_argument("--lengths", default="784,1024,4096,16384", help="causal lengths")

@@ -38,6 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from krause.allocator import allocator, reexec_with_tcmalloc
 from krause.models import get_model
 from krause.models.sampling import sample
 
@@ -56,6 +57,7 @@ def machine() -> dict:
         cpu_model=cpu_model or platform.processor() or platform.machine(),
         jax=jax.__version__,
         backend=jax.default_backend(),
+        allocator=allocator(),
         python=platform.python_version(),
         date=datetime.datetime.now().isoformat(timespec="seconds"),
         load_average_before=[round(x, 2) for x in os.getloadavg()],
@@ -307,6 +309,7 @@ def table(result: dict) -> str:
 
 
 def main():
+    reexec_with_tcmalloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: depth 2, tiny batches")
     parser.add_argument("--only", choices=("train", "sample"), help="run one part only")

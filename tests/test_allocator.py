@@ -1,0 +1,44 @@
+"""`krause.allocator`: scripts re-execute themselves once with tcmalloc preloaded."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from krause.allocator import DISABLE_ENV, TCMALLOC_CANDIDATES
+
+SCRIPT = """
+import os, sys
+from krause.allocator import reexec_with_tcmalloc
+print("start", flush=True)
+print(reexec_with_tcmalloc(), os.environ.get("LD_PRELOAD", ""), sys.argv[1:])
+"""
+
+
+def run(tmp_path, **env) -> list[str]:
+    script = tmp_path / "script.py"
+    script.write_text(SCRIPT)
+    env = {k: v for k, v in os.environ.items() if k not in ("LD_PRELOAD", DISABLE_ENV)} | env
+    result = subprocess.run(
+        [sys.executable, str(script), "--flag", "x"], env=env, capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout.splitlines()
+
+
+@pytest.mark.skipif(
+    not any(Path(p).exists() for p in TCMALLOC_CANDIDATES), reason="tcmalloc not installed"
+)
+def test_reexecutes_once_with_tcmalloc_and_the_same_arguments(tmp_path):
+    lines = run(tmp_path)
+    assert lines[0] == lines[1] == "start"  # the script ran twice: before and after the exec
+    assert lines[2].startswith("tcmalloc ") and "libtcmalloc" in lines[2]
+    assert lines[2].endswith("['--flag', 'x']")
+
+
+def test_can_be_disabled(tmp_path):
+    assert run(tmp_path, **{DISABLE_ENV: "1"}) == ["start", "glibc malloc  ['--flag', 'x']"]
