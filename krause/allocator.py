@@ -9,6 +9,7 @@ by scripts/setup.sh) keeps freed memory for reuse.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 from pathlib import Path
@@ -24,6 +25,16 @@ DISABLE_ENV = "KRAUSE_NO_TCMALLOC"
 def allocator() -> str:
     """ "tcmalloc" if this process has it preloaded, else "glibc malloc"."""
     return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
+
+
+def release_free_memory() -> None:
+    """Hand tcmalloc's cached free memory back to the OS (no-op under glibc malloc).
+
+    Call it between programs whose buffers differ a lot in size: tcmalloc keeps what they freed,
+    and alternating such programs can grow the process far beyond any single program's peak.
+    """
+    if allocator() == "tcmalloc":
+        ctypes.CDLL(None).MallocExtension_ReleaseFreeMemory()
 
 
 def reexec_with_tcmalloc() -> str:

@@ -1,4 +1,5 @@
-"""`krause.allocator`: scripts re-execute themselves once with tcmalloc preloaded."""
+"""`krause.allocator`: scripts re-execute themselves once with tcmalloc preloaded and can hand
+its cached memory back."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from krause.allocator import DISABLE_ENV, TCMALLOC_CANDIDATES
 
 SCRIPT = """
 import os, sys
-from krause.allocator import reexec_with_tcmalloc
+from krause.allocator import reexec_with_tcmalloc, release_free_memory
 print("start", flush=True)
 print(reexec_with_tcmalloc(), os.environ.get("LD_PRELOAD", ""), sys.argv[1:])
+release_free_memory()  # tcmalloc's C entry point must exist (a no-op under glibc)
 """
 
 
