@@ -281,7 +281,8 @@ def main():
     parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--mem_budget_gb", type=float, default=14.0)
+    # Per program; tcmalloc caches freed memory, so the process can need up to ~2x this.
+    parser.add_argument("--mem_budget_gb", type=float, default=8.0)
     parser.add_argument("--time_budget_s", type=float, default=60.0)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
     parser.add_argument("--json", default="", help="write results here")
