@@ -19,6 +19,7 @@ Usage:
   python scripts/bench_attention.py                 # full table (~25 min on 2 CPU cores)
   python scripts/bench_attention.py --quick         # small sizes only (~1 min)
   python scripts/bench_attention.py --json results/bench_attention.json
+  python scripts/bench_attention.py --growth  # growth pairs only, small and big interleaved
 """
 
 from __future__ import annotations
@@ -208,6 +209,40 @@ def run(args) -> list[dict]:
     return rows
 
 
+def growth_interleaved(args) -> list[str]:
+    """krause/auto at both sizes of each growth pair, timed round robin in one process.
+
+    The table's growth ratios divide times measured minutes apart; on a shared machine that
+    alone moves them by tens of percent. Here the small and the big size alternate call by call.
+    """
+    pairs = [
+        (Case("grid", "64x64+1", grid_neighborhood(64, 64, 1), 4, False),
+         Case("grid", "128x128+1", grid_neighborhood(128, 128, 1), 4, False)),
+        (Case("causal", "4096", causal_window(4096, 128), 96, True),
+         Case("causal", "16384", causal_window(16384, 128), 96, True)),
+    ]  # fmt: skip
+    lines = []
+    for small, big in pairs:
+        programs, peaks = {}, {}
+        for case in (small, big):
+            n = case.nb.length
+            compiled, peaks[case.label] = compile_step(
+                methods(case)["krause/auto"], args.batch, n, args.heads, args.dim
+            )
+            programs[case.label] = (compiled, random_args(args.batch, n, args.heads, args.dim))
+        seconds = time_interleaved(programs, args.repeats, 10 * args.time_budget_s)
+        ratio = seconds[big.label] / seconds[small.label]
+        lines.append(
+            f"krause/auto {big.label} vs {small.label}, interleaved (batch {args.batch}): "
+            f"{1e3 * seconds[small.label]:.0f} ms and {1e3 * seconds[big.label]:.0f} ms per "
+            f"step, time {ratio:.2f}x, peak memory {peaks[big.label] / peaks[small.label]:.2f}x"
+        )
+        print(lines[-1], flush=True)
+        del programs
+        release_free_memory()
+    return lines
+
+
 def _fmt_row(row: dict) -> str:
     if "skipped" in row:
         return f"{row['size']:>9} {row['method']:<24} skipped: {row['skipped']}"
@@ -285,12 +320,21 @@ def main():
     parser.add_argument("--mem_budget_gb", type=float, default=8.0)
     parser.add_argument("--time_budget_s", type=float, default=60.0)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
+    parser.add_argument(
+        "--growth", action="store_true", help="only the growth pairs, timed interleaved"
+    )
     parser.add_argument("--json", default="", help="write results here")
     args = parser.parse_args()
     if args.quick:
         args.grids, args.lengths, args.repeats = "8,16,32", "784,1024", 3
     info = machine()
     print(f"machine: {info}")
+    if args.growth:
+        lines = growth_interleaved(args)
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump(dict(machine=info, args=vars(args), growth=lines), f, indent=1)
+        return
     rows = run(args)
     print()
     print(table(rows))
