@@ -18,11 +18,12 @@ Result on the 2-core development machine (no accelerator), from a fresh clone on
 
 | model | attention | test acc. (%) | params | fwd MFLOPs/img (XLA) | step (ms) | wall (s) |
 |---|---|---|---|---|---|---|
-| vit | softmax | 86.40 | 139,018 | 5.55 | 63 (batch 128) | 122 |
-| kvit | krause | 86.71 | 139,022 | 5.71 | 73 (batch 128) | 145 |
+| vit | softmax | 86.40 | 139,018 | 5.54 | 38 (batch 128) | 84 |
+| kvit | krause | 86.95 | 139,022 | 5.72 | 41 (batch 128) | 89 |
 
-Total 269 s with Fashion-MNIST already prepared. The runs are deterministic (seed 3407): the
-accuracies repeat exactly on this machine; times vary with load.
+Total 175 s with Fashion-MNIST already prepared, tcmalloc preloaded by scripts/quickstart.sh.
+The runs are deterministic (seed 3407): the accuracies repeat exactly on this machine; times
+vary with load.
 
 Table columns: top-1 accuracy on the 10,000 test images at the last step (no selection);
 parameters; forward FLOPs per image as XLA's cost analysis of the compiled forward pass counts
