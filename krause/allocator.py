@@ -1,10 +1,10 @@
 """Run the current script with tcmalloc preloaded, if it is installed.
 
-XLA's CPU runtime allocates its buffers with `malloc`. glibc serves large blocks (> 32 MiB at
-most) with fresh `mmap`s and returns them on `free`, so every call of a big program page-faults
-its buffers in again; in this project's 2-core VM that made a 16384-token attention step ~1.8x
-slower and a ViT-S/16 train step ~15% slower. tcmalloc (Debian: libtcmalloc-minimal4, installed
-by scripts/setup.sh) keeps freed memory for reuse.
+XLA's CPU runtime allocates its buffers with `malloc`. glibc serves blocks above its mmap
+threshold (at most 32 MiB) with fresh `mmap`s and unmaps them on `free`, so every call of a big
+program page-faults its buffers in again; in this project's 2-core VM that made a 16384-token
+attention step ~1.8x slower and a ViT-S/16 train step ~15% slower. tcmalloc (Debian:
+libtcmalloc-minimal4, installed by scripts/setup.sh) keeps freed memory for reuse.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ DISABLE_ENV = "KRAUSE_NO_TCMALLOC"
 
 
 def allocator() -> str:
-    """ "tcmalloc" if this process has it preloaded, else "glibc malloc"."""
+    """This process's allocator: "tcmalloc" if it is preloaded, else "glibc malloc"."""
     return "tcmalloc" if "tcmalloc" in os.environ.get("LD_PRELOAD", "") else "glibc malloc"
 
 
