@@ -18,7 +18,7 @@ threads, less sensitive to other processes), the CPU count and the load average 
 Usage:
   python scripts/bench_models.py            # everything (~20 min on 2 idle cores)
   python scripts/bench_models.py --quick    # smoke run (~2 min): depth 2, tiny batches
-  python scripts/bench_models.py --only sample --json results/bench_models.json
+  python scripts/bench_models.py --only sample --json results/bench_models_sample.json
 """
 
 from __future__ import annotations
