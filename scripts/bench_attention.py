@@ -3,9 +3,9 @@
 Forward + backward (gradients w.r.t. q, k, v and sigma) under `jax.jit`, warmed up, median of
 repeats (at least --repeats calls and at least 2 s of calls; the methods of one size are timed
 round robin, one call each per round, so that load changes hit them alike, unless their peak
-memories add up to more than the budget); peak memory from
-XLA's buffer assignment of the compiled program (`memory_analysis()`: arguments + outputs +
-temporaries), so it is known even for programs too big to run. Sizes that would exceed the
+memories add up to more than the budget); peak memory from XLA's buffer assignment of the
+compiled program (`memory_analysis()`: arguments + outputs + temporaries), so it is known even
+for programs too big to run. Sizes that would exceed the
 memory budget run at a smaller batch (stated); sizes whose extrapolated time exceeds the time
 budget are skipped (stated).
 
@@ -59,6 +59,16 @@ class Case:
     nb: object
     top_k: int
     causal: bool
+
+
+def grid_case(side: int) -> Case:
+    """The grid family: side x side patches + 1 global token, radius-1 Manhattan, top_k 4."""
+    return Case("grid", f"{side}x{side}+1", grid_neighborhood(side, side, 1), 4, False)
+
+
+def causal_case(length: int) -> Case:
+    """The causal family: window 128, top_k 96."""
+    return Case("causal", str(length), causal_window(length, 128), 96, True)
 
 
 def dense_masked_release(q, k, v, sigma, mask, top_k):
@@ -160,8 +170,7 @@ def run(args) -> list[dict]:
         Case("model", "8x8+1", grid_neighborhood(8, 8, 1, "manhattan", 1), 4, False),
         Case("model", "14x14+1", grid_neighborhood(14, 14, 2, "chebyshev", 1), 12, False),
     ]
-    cases += [Case("grid", f"{h}x{h}+1", grid_neighborhood(h, h, 1), 4, False) for h in grids]
-    cases += [Case("causal", str(n), causal_window(n, 128), 96, True) for n in lengths]
+    cases += [grid_case(h) for h in grids] + [causal_case(n) for n in lengths]
     b, heads, dim = args.batch, args.heads, args.dim
     budget = args.mem_budget_gb * 2**30
     rows, last = [], {}  # last: (family, method) -> (n, seconds per example)
@@ -175,8 +184,8 @@ def run(args) -> list[dict]:
                 row["impl"] = resolve_impl(name.split("/")[1], case.nb)
             prev = last.get((case.family, name))
             quadratic = name in ("softmax", "dense-masked (release)", "krause/dense")
-            if prev and prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1) > args.time_budget_s:
-                est = prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1)
+            est = prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1) if prev else 0.0
+            if est > args.time_budget_s:
                 row["skipped"] = f"extrapolated {est:.0f} s per step > budget"
                 continue
             batch = b
@@ -215,12 +224,7 @@ def growth_interleaved(args) -> list[str]:
     The table's growth ratios divide times measured minutes apart; on a shared machine that
     alone moves them by tens of percent. Here the small and the big size alternate call by call.
     """
-    pairs = [
-        (Case("grid", "64x64+1", grid_neighborhood(64, 64, 1), 4, False),
-         Case("grid", "128x128+1", grid_neighborhood(128, 128, 1), 4, False)),
-        (Case("causal", "4096", causal_window(4096, 128), 96, True),
-         Case("causal", "16384", causal_window(16384, 128), 96, True)),
-    ]  # fmt: skip
+    pairs = [(grid_case(64), grid_case(128)), (causal_case(4096), causal_case(16384))]
     lines = []
     for small, big in pairs:
         programs, peaks = {}, {}
@@ -330,20 +334,18 @@ def main():
     info = machine()
     print(f"machine: {info}")
     if args.growth:
-        lines = growth_interleaved(args)
-        if args.json:
-            with open(args.json, "w") as f:
-                json.dump(dict(machine=info, args=vars(args), growth=lines), f, indent=1)
-        return
-    rows = run(args)
-    print()
-    print(table(rows))
-    for line in growth(rows):
-        print(line)
+        result = dict(growth=growth_interleaved(args))
+    else:
+        rows = run(args)
+        print()
+        print(table(rows))
+        for line in growth(rows):
+            print(line)
+        result = dict(rows=rows)
     if args.json:
         os.makedirs(os.path.dirname(args.json) or ".", exist_ok=True)
         with open(args.json, "w") as f:
-            json.dump(dict(machine=info, args=vars(args), rows=rows), f, indent=1)
+            json.dump(dict(machine=info, args=vars(args), **result), f, indent=1)
         print(f"wrote {args.json}")
 
 

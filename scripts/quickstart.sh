@@ -5,10 +5,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# tcmalloc reuses XLA's large buffers instead of page-faulting them in anew (krause/allocator.py).
-TCMALLOC="$(ls /usr/lib/*/libtcmalloc_minimal.so.4 2> /dev/null | head -n 1 || true)"
-if [ -n "$TCMALLOC" ] && [ -z "${KRAUSE_NO_TCMALLOC:-}" ]; then
-  export LD_PRELOAD="$TCMALLOC${LD_PRELOAD:+ $LD_PRELOAD}"
-  export TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD="${TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD:-1099511627776}"
-fi
 .venv/bin/python experiments/quickstart.py --workdir workdirs/quickstart "$@"
