@@ -126,6 +126,21 @@ def test_cached_decoding_matches_full_forward(name, overrides, rng):
     np.testing.assert_allclose(cached_logits(model, params, tokens), full, rtol=1e-4, atol=1e-4)
 
 
+def test_cached_krause_decoding_is_accurate_when_keys_share_a_large_offset(rng):
+    """q and k biased by the same large vector: distances are unchanged, but the expanded
+    2 q.k - ||k||^2 of the decoding cache would lose ~eps * ||k||^2 ~ 0.1 in float32 without
+    its centre (the key of position 0)."""
+    model = tiny("krause")
+    params = random_params(model, rng)
+    offset = 100.0 + rng.standard_normal(params["blocks_0"]["attn"]["qkv"]["bias"].shape[1:])
+    for layer in range(model.depth):
+        bias = params[f"blocks_{layer}"]["attn"]["qkv"]["bias"]  # [3 (q, k, v), heads, head_dim]
+        params[f"blocks_{layer}"]["attn"]["qkv"]["bias"] = bias.at[:2].add(offset)
+    tokens = random_tokens(model, rng)
+    full = forward(model, params, tokens)
+    np.testing.assert_allclose(cached_logits(model, params, tokens), full, rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_full_forward_is_causal(name, rng):
     model = tiny(name)
