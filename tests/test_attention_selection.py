@@ -44,7 +44,14 @@ def check(fast_jit):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize(("shape", "ks"), [((7, 9), (1, 4, 9)), ((2, 3, 16), (1, 5, 15, 16))])
+@pytest.mark.parametrize(
+    ("shape", "ks"),
+    [
+        ((7, 9), (1, 4, 9)),
+        ((2, 3, 16), (1, 5, 15, 16)),
+        ((3, 1600), (1, 800, 1600)),  # rows longer than 1536 are counted untransposed
+    ],
+)
 def test_matches_top_k_on_random_rows(check, rng, dtype, shape, ks):
     scale = 10.0 ** rng.integers(-3, 4, size=shape[:-1] + (1,))
     check((rng.normal(size=shape) * scale).astype(dtype), ks)

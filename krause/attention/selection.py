@@ -14,6 +14,7 @@ from jax import lax
 
 _CHUNK_ELEMENTS = 1 << 16  # elements per chunk (~256 KiB of float32) to stay in cache
 _UNCHUNKED_ELEMENTS = 1 << 20  # below this, one pass per bit over everything is faster
+_TRANSPOSE_MAX_N = 1536  # rows up to this length are counted in the transposed layout
 
 
 def _order_preserving_keys(x: jax.Array) -> jax.Array:
@@ -36,13 +37,16 @@ def _kth_largest_key(key: jax.Array, k: int) -> jax.Array:
     """Largest key t with #{key >= t} >= k, per row of `key` [rows, n] -> [rows]."""
     bits = key.dtype.itemsize * 8
     utype = key.dtype.type
-    # Rows along the minor axis: each count reduces over the leading axis, so it vectorises
-    # across rows (~1.6x faster than reducing short minor-axis rows on XLA CPU).
-    columns = key.T
+    # Short rows (neighbourhoods, decoding caches) are transposed so that each count reduces
+    # over the leading axis, vectorised across rows: on XLA CPU 1.1-1.8x faster for n from 26
+    # to 1537. From n = 2049 on a chunk holds < 32 rows, and counting along the rows is faster.
+    transposed = key.shape[1] <= _TRANSPOSE_MAX_N
+    columns, axis = (key.T, 0) if transposed else (key, 1)
 
     def step(i, prefix):
         candidate = prefix | (utype(1) << lax.convert_element_type(bits - 1 - i, key.dtype))
-        count = jnp.sum(columns >= candidate, axis=0, dtype=jnp.int32)
+        above = columns >= (candidate if transposed else candidate[:, None])
+        count = jnp.sum(above, axis=axis, dtype=jnp.int32)
         return jnp.where(count >= k, candidate, prefix)
 
     return lax.fori_loop(0, bits, step, jnp.zeros(key.shape[:1], key.dtype))

@@ -234,10 +234,10 @@ class CausalSelfAttention(nn.Module):
             centre = jnp.where(position == 0, jnp.round(k.astype(dtype)), cache.centre)
             q = q.astype(dtype) - centre
             k = (k.astype(dtype) - centre).astype(cache.key.dtype)  # as stored in the cache
+            cached = (cache.key, cache.key_sq_norm, cache.value)
             out = cached_krause_attention(
-                q, k, v, cache.key, cache.key_sq_norm, cache.value, valid, current,
-                sigma=self._sigma(), top_k=self.top_k,
-            )  # fmt: skip
+                q, k, v, *cached, valid, current, sigma=self._sigma(), top_k=self.top_k
+            )
             after_reads = 0 * out[..., :1]
             k_sq_norm = jnp.sum(jnp.square(k.astype(dtype)), axis=-1, keepdims=True) + after_reads
             cache = KrauseCache(
