@@ -5,9 +5,8 @@ repeats (at least --repeats calls and at least 2 s of calls; the methods of one 
 round robin, one call each per round, so that load changes hit them alike, unless their peak
 memories add up to more than the budget); peak memory from XLA's buffer assignment of the
 compiled program (`memory_analysis()`: arguments + outputs + temporaries), so it is known even
-for programs too big to run. Sizes that would exceed the
-memory budget run at a smaller batch (stated); sizes whose extrapolated time exceeds the time
-budget are skipped (stated).
+for programs too big to run. Sizes that would exceed the memory budget run at a smaller batch
+(stated); sizes whose extrapolated time exceeds the time budget are skipped (stated).
 
 Families:
   grid:   h x h patches + 1 global token, radius-1 Manhattan window, top_k 4.

@@ -422,16 +422,18 @@ def init_cache(model: PixelAR, batch: int) -> tuple:
             init_linear_attention_state(batch, model.heads, head_dim, head_dim, jnp.float32)
             for _ in range(model.depth)
         )
-    slots = lambda n: jnp.zeros((batch, model.heads, n, head_dim), model.dtype)
+    buffer = lambda slots: jnp.zeros((batch, model.heads, slots, head_dim), model.dtype)
     if model.attention == "softmax":
-        return tuple(KVCache(slots(model.length), slots(model.length)) for _ in range(model.depth))
-    n = min(model.window, model.length)
+        return tuple(
+            KVCache(buffer(model.length), buffer(model.length)) for _ in range(model.depth)
+        )
+    slots = min(model.window, model.length)
     dtype = compute_dtype(model.dtype)
     return tuple(
         KrauseCache(
-            slots(n),
-            slots(n),
-            jnp.zeros((batch, model.heads, n), dtype),
+            buffer(slots),
+            buffer(slots),
+            jnp.zeros((batch, model.heads, slots), dtype),
             jnp.zeros((batch, model.heads, head_dim), dtype),
         )
         for _ in range(model.depth)
