@@ -154,10 +154,11 @@ def test_unknown_impl():
         resolve_impl("fast", GRID)
 
 
+@pytest.mark.parametrize("impl", ["stencil", "banded"])
 @pytest.mark.parametrize("nb", [causal_window(7, 3), causal(7), full(7)])
-def test_stencil_needs_a_grid(nb):
-    with pytest.raises(ValueError, match=r"impl='stencil' needs a grid"):
-        attend(neighborhood=nb, impl="stencil")
+def test_grid_impls_need_a_grid(nb, impl):
+    with pytest.raises(ValueError, match=rf"impl='{impl}' needs a grid"):
+        attend(neighborhood=nb, impl=impl)
 
 
 @pytest.mark.parametrize("nb", [GRID, full(7)])

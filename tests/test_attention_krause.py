@@ -132,7 +132,7 @@ class Case:
     @property
     def impls(self) -> tuple[str, ...]:
         if isinstance(self.nb, GridNeighborhood):
-            return ("dense", "gather", "stencil")
+            return ("dense", "gather", "stencil", "banded")
         if isinstance(self.nb, CausalWindow):
             return ("dense", "gather", "blocked")
         return ("dense", "gather")
@@ -158,6 +158,8 @@ GRID_CASES = [
     Case(grid_neighborhood(3, 4, 0, "manhattan", 1), 1, True),  # window = the patch itself
     Case(grid_neighborhood(1, 1, 1, "manhattan", 1), 1, False),  # 1x1 grid + CLS
     Case(grid_neighborhood(2, 3, 3, "manhattan", 1), 50, True, dim=5),  # covers all; top_k > N
+    # 13 wide: banded runs 3 blocks of 2 rows, the last half padding
+    Case(grid_neighborhood(5, 13, 1, "chebyshev", 2), 4, True, heads=1, dim=2, value_dim=2),
 ]
 CAUSAL_CASES = [
     Case(causal_window(7, 1), None, False),
@@ -416,6 +418,7 @@ def test_tie_cases_have_ties(rng):
 
 TRANSFORM_CASES = [
     pytest.param(grid_neighborhood(3, 3, 1, "manhattan", 1), "stencil", id="grid-stencil"),
+    pytest.param(grid_neighborhood(3, 4, 1, "chebyshev", 1), "banded", id="grid-banded"),
     pytest.param(causal_window(12, 4), "blocked", id="causal-blocked"),
     pytest.param(causal_window(12, 4), "gather", id="causal-gather"),
     pytest.param(grid_neighborhood(2, 3, 1, "chebyshev", 1), "auto", id="grid-auto"),

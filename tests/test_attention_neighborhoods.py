@@ -198,7 +198,7 @@ def test_auto_resolution(nb):
     and an O(N w) one when N is much larger than the window."""
     allowed = (
         {"dense", "gather"}
-        | ({"stencil"} if isinstance(nb, GridNeighborhood) else set())
+        | ({"stencil", "banded"} if isinstance(nb, GridNeighborhood) else set())
         | ({"blocked"} if isinstance(nb, CausalWindow) else set())
     )
     impl = resolve_impl("auto", nb)

@@ -24,7 +24,7 @@ CAUSAL = causal_window(20, 6)
 IMPL_CASES = [
     pytest.param(nb, impl, id=f"{name}-{impl}")
     for name, nb, impls in (
-        ("grid", GRID, ("reference", "dense", "gather", "stencil")),
+        ("grid", GRID, ("reference", "dense", "gather", "stencil", "banded")),
         ("causal", CAUSAL, ("reference", "dense", "gather", "blocked")),
     )
     for impl in impls
@@ -141,7 +141,7 @@ def test_top_k_never_leaves_a_row_empty_at_any_xla_optimisation_level(rng):
     np.testing.assert_array_equal(np.sum(p > 0, -1), 1)
 
 
-@pytest.mark.parametrize("impl", ["dense", "stencil"])
+@pytest.mark.parametrize("impl", ["dense", "stencil", "banded"])
 def test_float32_top_k_at_a_model_size_selects_the_float64_top_k(impl, rng):
     """KViT-S/16's attention (14x14+1 tokens, 5x5 window, top_k 12, head_dim 64) in float32,
     under plain `jax.jit` inside `value_and_grad` (the fusions a training step gets).

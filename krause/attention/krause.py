@@ -14,6 +14,7 @@ Implementations (`impl=`):
   "dense":     dense masked scores via matmuls, O(N^2) memory. Fast for short sequences.
   "gather":    any neighbourhood through its neighbour index table and a gather, O(N w).
   "stencil":   grids: shifted views of the padded key grid, O(N w), no gather.
+  "banded":    grids: blocks of grid rows against the rows around them, matmuls, O(N W (R + 2r)).
   "blocked":   causal windows: query blocks against the key blocks that reach them, O(N (W + C)).
   "auto":      the fastest correct one for the neighbourhood and length (see `resolve_impl`).
 """
@@ -43,11 +44,14 @@ from krause.attention.neighborhoods import (
 )
 from krause.attention.selection import kth_largest
 
-IMPLS = ("auto", "reference", "dense", "gather", "stencil", "blocked")
-# "auto" uses dense masked attention on a grid while the sequence is shorter than this many times
-# the neighbourhood size: on CPUs one key of a dense matmul row costs ~1/9 of one stencil slot
-# (measured at 65 tokens with 6 slots: stencil faster; 197 tokens with 26 slots: dense faster).
-DENSE_COST_FACTOR = 9
+IMPLS = ("auto", "reference", "dense", "gather", "stencil", "banded", "blocked")
+# "auto" on a grid picks the cheapest of dense (N keys per query), banded (g + (R + 2r) W keys)
+# and stencil (w slots), in units of one key of a dense matmul row. Measured forward + backward
+# on 2 CPU cores: a band key costs ~1.5 dense keys (gathers, padding, smaller matmuls), a
+# stencil slot ~9 (8x8 radius 1: stencil; 7x7 radius 2: dense; 14x14 radius 2: banded 1.6x
+# faster than dense; 32x32: stencil).
+BANDED_COST_FACTOR = 1.5
+STENCIL_COST_FACTOR = 9
 
 
 class KrauseWeights(NamedTuple):
@@ -146,13 +150,15 @@ def _dense(q, k, v, inv, nb, top_k):
     """
     # Rounded to integers so that small or integer-valued inputs stay exact (ties stay ties).
     centre = jax.lax.stop_gradient(jnp.round(jnp.mean(k, axis=1, keepdims=True)))
-    q, k = q - centre, k - centre
+    # Heads-major [B, H, N, D] operands: XLA CPU then runs every matmul of the forward and
+    # backward pass in its fast form (on [B, N, H, D] operands it picked forms up to 1.9x slower).
+    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q - centre, k - centre, v))
     # XLA recomputes the scores inside every fusion that reads them (the slot gather, the
     # comparison with the threshold, the softmax). Written as (dot - ||k||^2) * inv, with the
     # matmul and the reduction materialised, each copy is the same two IEEE operations (there is
     # no a * b + c to contract into an FMA), so the k-th key always meets its own threshold.
-    sq_norms = jnp.moveaxis(jnp.sum(jnp.square(k), axis=-1), -1, 1)[:, :, None, :]  # [B, H, 1, N]
-    dots = jnp.einsum("bihd,bjhd->bhij", 2.0 * q, k)
+    sq_norms = jnp.sum(jnp.square(k), axis=-1)[:, :, None, :]  # [B, H, 1, N]
+    dots = jnp.einsum("bhid,bhjd->bhij", 2.0 * q, k)
     scores = (dots - sq_norms) * inv[:, None, None]  # [B, H, N, N]
     mask = dense_mask(nb)
     if top_k is not None and top_k < max_neighbors(nb):
@@ -163,7 +169,7 @@ def _dense(q, k, v, inv, nb, top_k):
     elif not mask.all():
         scores = scores + jnp.asarray(np.where(mask, 0.0, -np.inf), q.dtype)
     p = jax.nn.softmax(scores, axis=-1)
-    return jnp.einsum("bhij,bjhd->bihd", p, v), p
+    return jnp.swapaxes(jnp.einsum("bhij,bhjd->bhid", p, v), 1, 2), p
 
 
 def _dense_top_k(scores, nb, top_k):
@@ -224,10 +230,15 @@ def resolve_impl(impl: str, nb: Neighborhood) -> str:
             return "dense"
         if isinstance(nb, CausalWindow):  # blocked is matmul-based too: ~W + C keys per query
             return "dense" if nb.length <= 2 * nb.window else "blocked"
-        slots = index_table(nb).shape[1]
-        return "dense" if nb.length <= DENSE_COST_FACTOR * slots else "stencil"
-    if impl == "stencil" and not isinstance(nb, GridNeighborhood):
-        raise ValueError(f"impl='stencil' needs a grid neighbourhood, got {nb.describe()}.")
+        band_keys = nb.num_global + (local.grid_band_rows(nb) + 2 * nb.radius) * nb.width
+        costs = {
+            "dense": nb.length,
+            "banded": BANDED_COST_FACTOR * band_keys,
+            "stencil": STENCIL_COST_FACTOR * index_table(nb).shape[1],
+        }
+        return min(costs, key=costs.get)
+    if impl in ("stencil", "banded") and not isinstance(nb, GridNeighborhood):
+        raise ValueError(f"impl={impl!r} needs a grid neighbourhood, got {nb.describe()}.")
     if impl == "blocked" and not isinstance(nb, CausalWindow):
         raise ValueError(f"impl='blocked' needs a causal window, got {nb.describe()}.")
     return impl
@@ -279,6 +290,12 @@ def krause_attention(
     elif impl == "dense":
         out, p = _dense(q32, k32, v32, inv, nb, top_k)
         weights = _compact_from_dense(p, nb) if return_weights else None
+    elif impl == "banded":
+        out, p, p_global = local.grid_banded(q32, k32, v32, inv, nb, top_k)
+        if return_weights:
+            weights = KrauseWeights(
+                local.grid_band_weights(p, nb), jnp.asarray(index_table(nb)), p_global
+            )
     elif impl == "blocked":
         out, p = local.causal_blocked(q32, k32, v32, inv, nb, top_k)
         if return_weights:
