@@ -182,8 +182,8 @@ def grid_banded(
 
 def grid_band_weights(p: jax.Array, nb: GridNeighborhood) -> jax.Array:
     """Band probabilities [B, H, blocks, R W, L] -> compact [B, N, H, w] (global rows zero)."""
-    batch, heads, blocks, queries, band = p.shape
-    mask, slots, valid = grid_band_tables(nb, queries // nb.width)
+    batch, heads, blocks, queries, _ = p.shape
+    _, slots, valid = grid_band_tables(nb, queries // nb.width)
     flat = jnp.take_along_axis(
         p.reshape(batch, heads, blocks, -1), jnp.asarray(slots.reshape(1, 1, blocks, -1)), axis=-1
     )
