@@ -97,7 +97,7 @@ def methods(case: Case) -> dict[str, Callable]:
         )
     )
     out = {"krause/auto": krause("auto")}
-    for impl in ("stencil", "blocked", "gather", "dense"):
+    for impl in ("stencil", "banded", "blocked", "gather", "dense"):
         try:
             resolve_impl(impl, nb)
         except ValueError:

@@ -28,6 +28,7 @@ from krause.attention import (
     grid_neighborhood,
     index_table,
     krause_attention,
+    local,
     max_neighbors,
 )
 
@@ -234,6 +235,29 @@ def test_impl_matches_reference_forward_weights_and_grads(case, impl, rng, run):
     assert_close(got["weights"], ref["weights"], "densified weights")
     for name, g, r in zip(("q", "k", "v", "sigma"), got["grads"], ref["grads"], strict=True):
         assert g.shape == inputs[name].shape, name
+        assert_close(g, r, f"gradient w.r.t. {name}", rtol=1e-8)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 3, 5])
+def test_banded_blocks_of_any_height_match_the_oracle(rows, rng, fast_jit):
+    """`grid_banded` with R grid rows per query block (R = 2 and 3 leave padding rows): output
+    against the NumPy oracle, gradients against the reference implementation's."""
+    nb, top_k = grid_neighborhood(5, 4, 2, "chebyshev", 1), 6
+    q, k, v, cot = (rng.normal(size=(2, nb.length, 2, 3)) for _ in range(4))
+    sigma = rng.uniform(0.7, 1.5, size=(2,))
+
+    def loss(fn, q, k, v, sigma):
+        return jnp.sum(fn(q, k, v, sigma) * cot)
+
+    banded = lambda q, k, v, s: local.grid_banded(q, k, v, 0.5 / s**2, nb, top_k, rows)[0]
+    reference = lambda q, k, v, s: krause_attention(
+        q, k, v, sigma=s, neighborhood=nb, top_k=top_k, impl="reference"
+    )
+    expected, _ = oracle_krause(q, k, v, sigma, oracle_mask(nb), top_k)
+    assert_close(fast_jit(banded)(q, k, v, sigma), expected, "out")
+    grad = lambda fn: fast_jit(jax.grad(functools.partial(loss, fn), argnums=(0, 1, 2, 3)))
+    got, want = grad(banded)(q, k, v, sigma), grad(reference)(q, k, v, sigma)
+    for name, g, r in zip("qkvs", got, want, strict=True):
         assert_close(g, r, f"gradient w.r.t. {name}", rtol=1e-8)
 
 

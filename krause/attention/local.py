@@ -173,11 +173,18 @@ def grid_banded(
         keep = keep & ((jax.lax.stop_gradient(scores) >= threshold) | is_best)
     p = jax.nn.softmax(jnp.where(keep, scores, -jnp.inf), axis=-1)
     out = jnp.einsum("bhntl,bhnld->bhntd", p, v_bands).reshape(batch, heads, blocks * rows * w, -1)
-    out = to_heads(out[:, :, : h * w])
+    out = out[:, :, : h * w]
     if g == 0:
-        return out, p, jnp.zeros((batch, 0, heads, n), p.dtype)
-    out_global, p_global = global_rows(q[:, :g], k, v, inv_two_sigma_sq, top_k)
-    return jnp.concatenate([out_global, out], axis=1), p, p_global
+        return to_heads(out), p, jnp.zeros((batch, 0, heads, n), p.dtype)
+    # Global queries see every key: the same matmul form on heads-major arrays (the difference
+    # form of `global_rows` put [B, G, N, H, D] broadcasts into the backward pass's transposes).
+    sq_all = jnp.sum(jnp.square(kh), axis=-1)[:, :, None, :]  # [B, H, 1, N]
+    dots = jnp.einsum("bhgd,bhnd->bhgn", 2.0 * qh[:, :, :g], kh)
+    scores_global = (dots - sq_all) * inv_two_sigma_sq[:, None, None]  # [B, H, G, N]
+    p_global = select_and_normalize(scores_global, None, top_k)
+    out_global = jnp.einsum("bhgn,bhnd->bhgd", p_global, vh)
+    out = to_heads(jnp.concatenate([out_global, out], axis=2))
+    return out, p, jnp.swapaxes(p_global, 1, 2)
 
 
 def grid_band_weights(p: jax.Array, nb: GridNeighborhood) -> jax.Array:
