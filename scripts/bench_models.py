@@ -328,7 +328,7 @@ def main():
     defaults = dict(
         batch_cifar=(4, 64),
         batch_imagenet=(2, 16),
-        repeats=(2, 5),
+        repeats=(2, 9),
         num_images_mnist=(2, 16),
         num_images_cifar=(1, 4),
         cifar_depth=(1, 4),
