@@ -80,7 +80,8 @@ def grid_band_rows(nb: GridNeighborhood) -> int:
 
     Each query scores g + (R + 2 r) W keys, so small R wastes fewer scores, but tiny matmuls
     run far below peak on CPUs: R is the smallest number of rows giving >= 24 queries per block
-    (measured on 2 CPU cores at 14 x 14, radius 2: R = 2 beats R = 1 by 1.4x and R = 7 by 1.1x).
+    (forward + backward on 2 CPU cores at 14 x 14, radius 2: R = 1 takes 1.4x the time of R = 2,
+    R = 7 1.0-1.1x).
     """
     return int(min(nb.height, max(1, math.ceil(24 / nb.width))))
 
