@@ -42,6 +42,24 @@ def keep_above(scores: jax.Array, keep: jax.Array, threshold: jax.Array) -> jax.
     return keep & ((scores >= threshold) | is_best)
 
 
+def slot_threshold_and_best(
+    slot_scores: jax.Array, slot_valid: jax.Array, positions: jax.Array, top_k: int
+) -> tuple[jax.Array, jax.Array]:
+    """Top-k threshold of each row's neighbour slots, and where its best slot sits in the row.
+
+    For paths that select on a wide row (dense, banded) from the few slots a query can see.
+    slot_scores [..., w] are the row's scores gathered at `positions` (int, broadcastable to
+    slot_scores); slot_valid marks the slots in use. Returns (threshold [..., 1], best [..., 1]):
+    keep `(row >= threshold) | (arange(row length) == best)`, the best slot kept by index as in
+    `keep_above`, so a row can never end up empty.
+    """
+    threshold = kth_largest(slot_scores, top_k, slot_valid)
+    best_slot = jnp.argmax(jnp.where(slot_valid, slot_scores, -jnp.inf), axis=-1, keepdims=True)
+    positions = jnp.asarray(positions)
+    positions = positions.reshape((1,) * (slot_scores.ndim - positions.ndim) + positions.shape)
+    return threshold, jnp.take_along_axis(positions, best_slot, axis=-1)
+
+
 def masked_softmax(scores: jax.Array, keep: jax.Array) -> jax.Array:
     """Softmax over the kept entries of each row; zero elsewhere. Rows need >= 1 kept entry."""
     return jax.nn.softmax(jnp.where(keep, scores, -jnp.inf), axis=-1)

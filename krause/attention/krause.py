@@ -32,6 +32,7 @@ from krause.attention.common import (
     compute_dtype,
     neg_sq_dist,
     select_and_normalize,
+    slot_threshold_and_best,
 )
 from krause.attention.neighborhoods import (
     CausalWindow,
@@ -192,9 +193,9 @@ def _dense_top_k(scores, nb, top_k):
         flat = (np.arange(g, n)[:, None] * n + keys).reshape(-1)
         slots = jnp.take(scores.reshape(batch, heads, n * n), jnp.asarray(flat), axis=-1)
         slots = slots.reshape(batch, heads, n - g, table.shape[1])  # [B, H, N - g, w]
-        thresholds.append(kth_largest(slots, top_k, slot_valid))
-        best_slot = jnp.argmax(jnp.where(slot_valid, slots, -jnp.inf), axis=-1)
-        best.append(jnp.asarray(keys)[np.arange(n - g)[:, None], best_slot[..., None]])
+        threshold, best_key = slot_threshold_and_best(slots, slot_valid, keys, top_k)
+        thresholds.append(threshold)
+        best.append(best_key)
     is_best = jnp.arange(n) == jnp.concatenate(best, axis=2)
     return (scores >= jnp.concatenate(thresholds, axis=2)) | is_best
 

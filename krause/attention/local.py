@@ -24,9 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from krause.attention.common import neg_sq_dist, select_and_normalize
+from krause.attention.common import neg_sq_dist, select_and_normalize, slot_threshold_and_best
 from krause.attention.neighborhoods import CausalWindow, GridNeighborhood, index_table
-from krause.attention.selection import kth_largest
 
 
 def global_rows(
@@ -166,10 +165,8 @@ def grid_banded(
         flat = jax.lax.stop_gradient(scores).reshape(batch, heads, blocks, -1)
         slot_scores = jnp.take_along_axis(flat, jnp.asarray(slots.reshape(1, 1, blocks, -1)), -1)
         slot_scores = slot_scores.reshape(batch, heads, blocks, rows * w, -1)
-        threshold = kth_largest(slot_scores, top_k, jnp.asarray(valid))
-        best_slot = jnp.argmax(jnp.where(valid, slot_scores, -jnp.inf), axis=-1, keepdims=True)
-        positions = jnp.asarray(slots % mask.shape[-1])[None, None]  # band position of slots
-        best = jnp.take_along_axis(positions, best_slot, axis=-1)
+        positions = slots % mask.shape[-1]  # band position of each slot
+        threshold, best = slot_threshold_and_best(slot_scores, valid, positions, top_k)
         is_best = jnp.arange(mask.shape[-1]) == best
         keep = keep & ((jax.lax.stop_gradient(scores) >= threshold) | is_best)
     p = jax.nn.softmax(jnp.where(keep, scores, -jnp.inf), axis=-1)
