@@ -74,6 +74,11 @@ def grid_stencil(
     return jnp.concatenate([out_global, out_grid], axis=1), p, p_global
 
 
+# `grid_banded` pads the global queries to this many rows: XLA turns a single-row dot into
+# broadcasts and reductions that end up fused, slowly, into the backward pass's transposes.
+GLOBAL_QUERY_ROWS = 4
+
+
 def grid_band_rows(nb: GridNeighborhood) -> int:
     """Grid rows R per query block of `grid_banded`.
 
@@ -91,11 +96,12 @@ def grid_band_tables(nb: GridNeighborhood, rows: int) -> tuple[np.ndarray, np.nd
 
     Band layout of block b: the g global keys, then grid rows b R - r .. b R + R - 1 + r
     (rows outside the grid are zero padding), W keys per row: L = g + (R + 2 r) W positions.
+    Scores of a block are key-major, [L, R W].
 
     Returns:
-      mask:  bool [blocks, R W, L], key at band position in the query's neighbourhood. Padding
-             queries (grid rows >= height) see position 0 only, so their rows stay finite.
-      slots: int32 [blocks, R W, w], flat index t * L + position of each neighbour slot of
+      mask:  bool [blocks, L, R W], key at band position in query t's neighbourhood. Padding
+             queries (grid rows >= height) see position 0 only, so their columns stay finite.
+      slots: int32 [blocks, R W, w], flat index position * R W + t of each neighbour slot of
              query t (slot order of `index_table`); 0 for unused slots.
       valid: bool [blocks, R W, w], slot in use.
     """
@@ -111,11 +117,12 @@ def grid_band_tables(nb: GridNeighborhood, rows: int) -> tuple[np.ndarray, np.nd
     position = np.where(keys < g, keys, g + (key_row - block * rows + r) * w + key_col)
     valid = keys >= 0
     position = np.where(valid, position, 0)
-    mask = np.zeros((blocks, rows * w, band), bool)
+    mask = np.zeros((blocks, band, rows * w), bool)
     b_idx, t_idx, s_idx = np.nonzero(valid)
-    mask[b_idx, t_idx, position[b_idx, t_idx, s_idx]] = True
-    mask[~inside, 0] = True
-    slots = np.arange(rows * w)[None, :, None] * band + position
+    mask[b_idx, position[b_idx, t_idx, s_idx], t_idx] = True
+    pad_block, pad_query = np.nonzero(~inside)
+    mask[pad_block, 0, pad_query] = True
+    slots = position * (rows * w) + np.arange(rows * w)[None, :, None]
     return mask, slots.astype(np.int32), valid
 
 
@@ -128,11 +135,14 @@ def grid_banded(
     top_k: int | None,
     rows: int | None = None,
 ) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns (out [B, N, H, Dv], band p [B, H, blocks, R W, L], global p [B, G, H, N]).
+    """Returns (out [B, N, H, Dv], band p [B, H, blocks, L, R W], global p [B, G, H, N]).
 
     `grid_band_weights` turns the band p into the compact [B, N, H, w] layout. Scores use
     matmuls on keys centred on their (rounded) mean, as the dense path: -||q - k||^2 =
-    2 q.k - ||k||^2 - ||q||^2 with the row constant ||q||^2 dropped.
+    2 q.k - ||k||^2 - ||q||^2 with the row constant ||q||^2 dropped. A block's scores are
+    key-major ([L, R W]): XLA CPU runs a dot whose left operand is contracted along its major
+    axis with a slow generic kernel, and this way the two such dots of the backward pass produce
+    the small [R W, D] query-side results instead of [L, D] band-side ones.
     """
     batch, n, heads, _ = q.shape
     g, h, w, r = nb.num_global, nb.height, nb.width, nb.radius
@@ -157,37 +167,41 @@ def grid_banded(
 
     q_blocks = grid_rows(qh, 0, blocks * rows - h).reshape(batch, heads, blocks, rows * w, -1)
     k_bands, v_bands = bands(kh), bands(vh)
-    sq_norms = jnp.sum(jnp.square(k_bands), axis=-1)[:, :, :, None, :]  # [B, H, blocks, 1, L]
-    dots = jnp.einsum("bhntd,bhnld->bhntl", 2.0 * q_blocks, k_bands)
-    scores = (dots - sq_norms) * inv_two_sigma_sq[:, None, None, None]
+    sq_norms = jnp.sum(jnp.square(k_bands), axis=-1, keepdims=True)  # [B, H, blocks, L, 1]
+    dots = jnp.einsum("bhnld,bhntd->bhnlt", k_bands, 2.0 * q_blocks)
+    scores = (dots - sq_norms) * inv_two_sigma_sq[:, None, None, None]  # [B, H, blocks, L, R W]
     keep = jnp.asarray(mask)
     if top_k is not None and top_k < slots.shape[-1]:
         flat = jax.lax.stop_gradient(scores).reshape(batch, heads, blocks, -1)
         slot_scores = jnp.take_along_axis(flat, jnp.asarray(slots.reshape(1, 1, blocks, -1)), -1)
         slot_scores = slot_scores.reshape(batch, heads, blocks, rows * w, -1)
-        positions = slots % mask.shape[-1]  # band position of each slot
+        positions = slots // (rows * w)  # band position of each slot
         threshold, best = slot_threshold_and_best(slot_scores, valid, positions, top_k)
-        is_best = jnp.arange(mask.shape[-1]) == best
+        threshold, best = jnp.swapaxes(threshold, -1, -2), jnp.swapaxes(best, -1, -2)
+        is_best = jnp.arange(mask.shape[1])[:, None] == best
         keep = keep & ((jax.lax.stop_gradient(scores) >= threshold) | is_best)
-    p = jax.nn.softmax(jnp.where(keep, scores, -jnp.inf), axis=-1)
-    out = jnp.einsum("bhntl,bhnld->bhntd", p, v_bands).reshape(batch, heads, blocks * rows * w, -1)
+    p = jax.nn.softmax(jnp.where(keep, scores, -jnp.inf), axis=-2)
+    out = jnp.einsum("bhnlt,bhnld->bhntd", p, v_bands).reshape(batch, heads, blocks * rows * w, -1)
     out = out[:, :, : h * w]
     if g == 0:
         return to_heads(out), p, jnp.zeros((batch, 0, heads, n), p.dtype)
-    # Global queries see every key: the same matmul form on heads-major arrays (the difference
-    # form of `global_rows` put [B, G, N, H, D] broadcasts into the backward pass's transposes).
+    # Global queries see every key: the same matmul form on heads-major arrays, the query rows
+    # zero-padded to at least GLOBAL_QUERY_ROWS.
+    pad = max(0, GLOBAL_QUERY_ROWS - g)
+    q_global = jnp.pad(qh[:, :, :g], ((0, 0), (0, 0), (0, pad), (0, 0)))
     sq_all = jnp.sum(jnp.square(kh), axis=-1)[:, :, None, :]  # [B, H, 1, N]
-    dots = jnp.einsum("bhgd,bhnd->bhgn", 2.0 * qh[:, :, :g], kh)
-    scores_global = (dots - sq_all) * inv_two_sigma_sq[:, None, None]  # [B, H, G, N]
+    dots = jnp.einsum("bhgd,bhnd->bhgn", 2.0 * q_global, kh)
+    scores_global = (dots - sq_all) * inv_two_sigma_sq[:, None, None]  # [B, H, G + pad, N]
     p_global = select_and_normalize(scores_global, None, top_k)
-    out_global = jnp.einsum("bhgn,bhnd->bhgd", p_global, vh)
+    out_global = jnp.einsum("bhgn,bhnd->bhgd", p_global, vh)[:, :, :g]
+    p_global = p_global[:, :, :g]
     out = to_heads(jnp.concatenate([out_global, out], axis=2))
     return out, p, jnp.swapaxes(p_global, 1, 2)
 
 
 def grid_band_weights(p: jax.Array, nb: GridNeighborhood) -> jax.Array:
-    """Band probabilities [B, H, blocks, R W, L] -> compact [B, N, H, w] (global rows zero)."""
-    batch, heads, blocks, queries, _ = p.shape
+    """Band probabilities [B, H, blocks, L, R W] -> compact [B, N, H, w] (global rows zero)."""
+    batch, heads, blocks, _, queries = p.shape
     _, slots, valid = grid_band_tables(nb, queries // nb.width)
     flat = jnp.take_along_axis(
         p.reshape(batch, heads, blocks, -1), jnp.asarray(slots.reshape(1, 1, blocks, -1)), axis=-1
