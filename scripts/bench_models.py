@@ -2,8 +2,10 @@
 
 (a) Train step = forward, backward and AdamW update of ViT-S/4 vs KViT-S/4 (32x32 images) and
     ViT-S/16 vs KViT-S/16 (224x224), under `jax.jit` with donated state, warmed up, median of
-    repeats. Models come from `krause.models.get_model` with their registered defaults
-    (`--layout` overrides the block layout of both, e.g. `pre_ln` for a controlled comparison).
+    repeats, and the median of the per-round ratios (the two models alternate, so each round
+    compares them under nearly the same load). Models come from `krause.models.get_model` with
+    their registered defaults (`--layout` overrides the block layout of both, e.g. `pre_ln` for
+    a controlled comparison).
 (b) Sampling throughput: images per second of `krause.models.sampling.sample` (one jitted scan
     over the positions with the decoding cache: masked preallocated cache for ARM, ring buffer of
     the last W keys/values for KARM, running sums for LARM), warmed up (compile excluded), median
@@ -91,6 +93,15 @@ def interleaved_times(runs: dict, repeats: int) -> dict[str, dict]:
         )
         for name in runs
     }
+
+
+def paired_ratios(times: list[float], baseline_times: list[float]) -> list[float]:
+    """Per-round time ratios of two candidates timed in the same `interleaved_times` rounds.
+
+    Both ran back to back in each round, so a ratio compares them under nearly the same load;
+    its median is steadier than the ratio of medians when the load drifts.
+    """
+    return [t / b for t, b in zip(times, baseline_times, strict=True)]
 
 
 def compiled_and_warm(run) -> float:
@@ -274,18 +285,25 @@ def table(result: dict) -> str:
             "(a) train step: forward + backward + AdamW, jit, warmed up, median of "
             f"{result['args']['repeats']} (baseline and Krause timed alternately)",
             "| model | image | depth | batch | params | ms / step | CPU ms / step | images / s "
-            "| time K / baseline (wall, CPU) |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "| time K / baseline (wall, CPU) | paired: median K / baseline, K faster |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         rows = result["train"]
         for i, row in enumerate(rows):
             base = rows[i - i % 2]
+            ratios = paired_ratios(row["step_s_all"], base["step_s_all"])
+            paired = (
+                f"{statistics.median(ratios):.3f}x, "
+                f"{sum(r < 1 for r in ratios)} of {len(ratios)} rounds"
+                if row is not base
+                else ""
+            )
             lines.append(
                 f"| {row['model']} ({row['layout']}) | {row['image_size']} | {row['depth']} | "
                 f"{row['batch']} | {row['params']:,d} | {row['step_s'] * 1e3:.1f} | "
                 f"{row['step_cpu_s'] * 1e3:.1f} | {row['images_per_s']:.2f} | "
                 f"{row['step_s'] / base['step_s']:.2f}x, "
-                f"{row['step_cpu_s'] / base['step_cpu_s']:.2f}x |"
+                f"{row['step_cpu_s'] / base['step_cpu_s']:.2f}x | {paired} |"
             )
     if result["sample"]:
         lines += [
@@ -328,7 +346,7 @@ def main():
     defaults = dict(
         batch_cifar=(4, 64),
         batch_imagenet=(2, 16),
-        repeats=(2, 9),
+        repeats=(2, 15),
         num_images_mnist=(2, 16),
         num_images_cifar=(1, 4),
         cifar_depth=(1, 4),
