@@ -4,8 +4,8 @@
     ViT-S/16 vs KViT-S/16 (224x224), under `jax.jit` with donated state, warmed up, median of
     repeats, and the median of the per-round ratios (the two models alternate, so each round
     compares them under nearly the same load). Models come from `krause.models.get_model` with
-    their registered defaults (`--layout` overrides the block layout of both, e.g. `pre_ln` for
-    a controlled comparison).
+    their registered defaults (`--layout` overrides the block layout of both, e.g. `post_ln` for
+    a controlled comparison; `--layout paper,post_ln` times both layouts in the same rounds).
 (b) Sampling throughput: images per second of `krause.models.sampling.sample` (one jitted scan
     over the positions with the decoding cache: masked preallocated cache for ARM, ring buffer of
     the last W keys/values for KARM, running sums for LARM), warmed up (compile excluded), median
@@ -159,21 +159,24 @@ def prepare_train_step(name: str, batch: int, overrides: dict):
 
 
 def bench_train(args) -> list[dict]:
-    overrides = {} if args.layout is None else {"layout": args.layout}
-    if args.quick:
-        overrides["depth"] = 2
+    """Rows of (baseline, Krause) per size and layout; a size's models share the timing rounds."""
+    overrides = {"depth": 2} if args.quick else {}
     pairs = {
         "cifar": ("vit_s4", "kvit_s4", args.batch_cifar),
         "imagenet": ("vit_s16", "kvit_s16", args.batch_imagenet),
     }
-    pairs = [pairs[size] for size in args.train_sizes.split(",")]
+    layouts = args.layout.split(",") if args.layout else [None]  # None: the registry's default
     rows = []
-    for baseline, krause, batch in pairs:
-        runs, pair_rows = {}, {}
-        for name in (baseline, krause):
-            runs[name], pair_rows[name] = prepare_train_step(name, batch, overrides)
-        for name, timing in interleaved_times(runs, args.repeats).items():
-            row = pair_rows[name]
+    for size in args.train_sizes.split(","):
+        baseline, krause, batch = pairs[size]
+        runs, size_rows = {}, {}
+        for layout in layouts:
+            layout_overrides = overrides if layout is None else {**overrides, "layout": layout}
+            for name in (baseline, krause):
+                key = (name, layout)
+                runs[key], size_rows[key] = prepare_train_step(name, batch, layout_overrides)
+        for key, timing in interleaved_times(runs, args.repeats).items():
+            row = size_rows[key]
             row.update(
                 step_s=timing["wall_s"],
                 step_cpu_s=timing["cpu_s"],
@@ -182,7 +185,7 @@ def bench_train(args) -> list[dict]:
             )
             print(_train_line(row), flush=True)
             rows.append(row)
-        del runs  # free the pair's buffers before the next
+        del runs  # free the size's buffers before the next
     return rows
 
 
@@ -332,7 +335,11 @@ def main():
     parser.add_argument("--quick", action="store_true", help="smoke run: depth 2, tiny batches")
     parser.add_argument("--only", choices=("train", "sample"), help="run one part only")
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
-    parser.add_argument("--layout", help="ViT block layout for both models (default: registry)")
+    parser.add_argument(
+        "--layout",
+        help="ViT block layout(s) for both models, comma separated, timed in the same rounds "
+        "(default: the registry's, 'paper')",
+    )
     parser.add_argument("--batch-cifar", type=int, default=None, help="train batch at 32x32")
     parser.add_argument("--batch-imagenet", type=int, default=None, help="train batch at 224")
     parser.add_argument("--repeats", type=int, default=None, help="timed train steps")

@@ -140,9 +140,10 @@ def grid_banded(
     `grid_band_weights` turns the band p into the compact [B, N, H, w] layout. Scores use
     matmuls on keys centred on their (rounded) mean, as the dense path: -||q - k||^2 =
     2 q.k - ||k||^2 - ||q||^2 with the row constant ||q||^2 dropped. A block's scores are
-    key-major ([L, R W]): XLA CPU runs a dot whose left operand is contracted along its major
-    axis with a slow generic kernel, and this way the two such dots of the backward pass produce
-    the small [R W, D] query-side results instead of [L, D] band-side ones.
+    key-major ([L, R W]): XLA CPU gives its fast matmul library (YNNPACK) only dots whose left
+    operand is contracted along its minor axis; two of the six dots of forward + backward are
+    not, and key-major they produce the small [R W, D] query-side results instead of [L, D]
+    band-side ones (7% less time for a layer's projections + attention on one core).
     """
     batch, n, heads, _ = q.shape
     g, h, w, r = nb.num_global, nb.height, nb.width, nb.radius
