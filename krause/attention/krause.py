@@ -49,7 +49,7 @@ IMPLS = ("auto", "reference", "dense", "gather", "stencil", "banded", "blocked")
 # "auto" on a grid picks the cheapest of dense (N keys per query), banded (g + (R + 2r) W keys)
 # and stencil (w slots), in units of one key of a dense matmul row. Measured forward + backward
 # on 2 CPU cores: a band key costs ~1.5 dense keys (gathers, padding, smaller matmuls), a
-# stencil slot ~9 (8x8 radius 1: stencil; 7x7 radius 2: dense; 14x14 radius 2: banded 1.3-1.6x
+# stencil slot ~9 (8x8 radius 1: stencil; 7x7 radius 2: dense; 14x14 radius 2: banded 1.2-1.6x
 # faster than dense; 32x32: stencil).
 BANDED_COST_FACTOR = 1.5
 STENCIL_COST_FACTOR = 9
