@@ -43,6 +43,7 @@ import optax
 from krause.allocator import allocator, reexec_with_tcmalloc
 from krause.models import get_model
 from krause.models.sampling import sample
+from krause.models.vit import LAYOUTS
 
 ATTENTION_NAMES = {"softmax": "ARM", "linear": "LARM", "krause": "KARM"}
 
@@ -350,6 +351,14 @@ def main():
     parser.add_argument("--train-sizes", default="cifar,imagenet", help="train pairs to run")
     parser.add_argument("--sample-sizes", default="mnist,cifar10", help="sampling cases to run")
     args = parser.parse_args()
+    for option, value, known in (
+        ("--train-sizes", args.train_sizes, ("cifar", "imagenet")),
+        ("--sample-sizes", args.sample_sizes, ("mnist", "cifar10")),
+        ("--layout", args.layout or "paper", LAYOUTS),
+    ):
+        unknown = [item for item in value.split(",") if item not in known]
+        if unknown:
+            parser.error(f"{option}: unknown {unknown}; choose from {', '.join(known)}")
     defaults = dict(
         batch_cifar=(4, 64),
         batch_imagenet=(2, 16),
