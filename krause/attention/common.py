@@ -18,6 +18,35 @@ def neg_sq_dist(q: jax.Array, k: jax.Array, axis: int = -1) -> jax.Array:
     return -jnp.sum(jnp.square(q - k), axis=axis)
 
 
+def centred_heads_major(
+    q: jax.Array, k: jax.Array, v: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """[B, N, H, D] q, k, v -> heads-major [B, H, N, D], q and k centred on the keys' mean.
+
+    Centring is exact (distances are translation invariant) and keeps the matmul form of the
+    scores accurate in float32 when q and k are large but close; the centre is rounded to
+    integers so that small or integer-valued inputs stay exact (ties stay ties). Heads-major
+    operands: XLA CPU then runs every matmul of the forward and backward pass in its fast form
+    (on [B, N, H, D] operands it picked forms up to 1.9x slower).
+    """
+    centre = jax.lax.stop_gradient(jnp.round(jnp.mean(k, axis=1, keepdims=True)))
+    return tuple(jnp.swapaxes(x, 1, 2) for x in (q - centre, k - centre, v))
+
+
+def matmul_scores(q: jax.Array, k: jax.Array, inv_two_sigma_sq: jax.Array) -> jax.Array:
+    """(2 q.k - ||k||^2) / (2 sigma^2): -||q - k||^2 / (2 sigma^2) up to the row constant ||q||^2.
+
+    q [B, H, Nq, D], k [B, H, Nk, D] (heads-major, centred), inv_two_sigma_sq [H] ->
+    [B, H, Nq, Nk]. XLA recomputes the scores inside every fusion that reads them (a slot
+    gather, the comparison with a threshold, the softmax). Written as (dot - ||k||^2) * inv,
+    with the matmul and the reduction materialised, each copy is the same two IEEE operations
+    (there is no a * b + c to contract into an FMA), so the k-th key meets its own threshold.
+    """
+    sq_norms = jnp.sum(jnp.square(k), axis=-1)[:, :, None, :]  # [B, H, 1, Nk]
+    dots = jnp.einsum("bhid,bhjd->bhij", 2.0 * q, k)
+    return (dots - sq_norms) * inv_two_sigma_sq[:, None, None]
+
+
 def top_k_keep(scores: jax.Array, valid: jax.Array | None, top_k: int | None) -> jax.Array:
     """bool [..., n]: valid entries whose score is >= the row's top_k-th largest valid score.
 

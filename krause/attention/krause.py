@@ -29,7 +29,9 @@ import numpy as np
 
 from krause.attention import local
 from krause.attention.common import (
+    centred_heads_major,
     compute_dtype,
+    matmul_scores,
     neg_sq_dist,
     select_and_normalize,
     slot_threshold_and_best,
@@ -149,18 +151,8 @@ def _dense(q, k, v, inv, nb, top_k):
     and keys dropped by top-k, get an additive -inf. The top-k threshold is found on each query's
     neighbour slots (a gather of |N(i)| scores) rather than on its whole row.
     """
-    # Rounded to integers so that small or integer-valued inputs stay exact (ties stay ties).
-    centre = jax.lax.stop_gradient(jnp.round(jnp.mean(k, axis=1, keepdims=True)))
-    # Heads-major [B, H, N, D] operands: XLA CPU then runs every matmul of the forward and
-    # backward pass in its fast form (on [B, N, H, D] operands it picked forms up to 1.9x slower).
-    q, k, v = (jnp.swapaxes(x, 1, 2) for x in (q - centre, k - centre, v))
-    # XLA recomputes the scores inside every fusion that reads them (the slot gather, the
-    # comparison with the threshold, the softmax). Written as (dot - ||k||^2) * inv, with the
-    # matmul and the reduction materialised, each copy is the same two IEEE operations (there is
-    # no a * b + c to contract into an FMA), so the k-th key always meets its own threshold.
-    sq_norms = jnp.sum(jnp.square(k), axis=-1)[:, :, None, :]  # [B, H, 1, N]
-    dots = jnp.einsum("bhid,bhjd->bhij", 2.0 * q, k)
-    scores = (dots - sq_norms) * inv[:, None, None]  # [B, H, N, N]
+    q, k, v = centred_heads_major(q, k, v)
+    scores = matmul_scores(q, k, inv)  # [B, H, N, N]
     mask = dense_mask(nb)
     if top_k is not None and top_k < max_neighbors(nb):
         keep = _dense_top_k(jax.lax.stop_gradient(scores), nb, top_k) & mask

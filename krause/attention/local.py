@@ -24,7 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from krause.attention.common import neg_sq_dist, select_and_normalize, slot_threshold_and_best
+from krause.attention.common import (
+    centred_heads_major,
+    matmul_scores,
+    neg_sq_dist,
+    select_and_normalize,
+    slot_threshold_and_best,
+)
 from krause.attention.neighborhoods import CausalWindow, GridNeighborhood, index_table
 
 
@@ -151,8 +157,7 @@ def grid_banded(
     blocks = math.ceil(h / rows)
     mask, slots, valid = grid_band_tables(nb, rows)
     to_heads = lambda x: jnp.swapaxes(x, 1, 2)  # [B, N, H, D] <-> [B, H, N, D]
-    centre = jax.lax.stop_gradient(jnp.round(jnp.mean(k, axis=1, keepdims=True)))
-    qh, kh, vh = to_heads(q - centre), to_heads(k - centre), to_heads(v)
+    qh, kh, vh = centred_heads_major(q, k, v)
 
     def grid_rows(x, front, back):  # [B, H, N, D] -> [B, H, front + h + back, W, D], zero rows
         x = x[:, :, g:].reshape(batch, heads, h, w, x.shape[-1])
@@ -190,9 +195,7 @@ def grid_banded(
     # zero-padded to at least GLOBAL_QUERY_ROWS.
     pad = max(0, GLOBAL_QUERY_ROWS - g)
     q_global = jnp.pad(qh[:, :, :g], ((0, 0), (0, 0), (0, pad), (0, 0)))
-    sq_all = jnp.sum(jnp.square(kh), axis=-1)[:, :, None, :]  # [B, H, 1, N]
-    dots = jnp.einsum("bhgd,bhnd->bhgn", 2.0 * q_global, kh)
-    scores_global = (dots - sq_all) * inv_two_sigma_sq[:, None, None]  # [B, H, G + pad, N]
+    scores_global = matmul_scores(q_global, kh, inv_two_sigma_sq)  # [B, H, G + pad, N]
     p_global = select_and_normalize(scores_global, None, top_k)
     out_global = jnp.einsum("bhgn,bhnd->bhgd", p_global, vh)[:, :, :g]
     p_global = p_global[:, :, :g]
