@@ -66,7 +66,11 @@ class DropPath(nn.Module):
         keep = 1.0 - self.rate
         shape = (x.shape[0],) + (1,) * (x.ndim - 1)
         mask = jax.random.bernoulli(self.make_rng("dropout"), keep, shape)
-        return jnp.where(mask, x / keep, 0).astype(x.dtype)
+        # The barrier materialises the [B, 1, ...] scale once. Without it XLA fuses the tail of
+        # the random-bit computation into every consumer of the branch, forward and backward,
+        # and recomputes it per element (3-4% of a ViT-S/16 train step on CPU).
+        scale = jax.lax.optimization_barrier(jnp.where(mask, 1.0 / keep, 0.0).astype(x.dtype))
+        return x * scale
 
 
 class PatchEmbed(nn.Module):
