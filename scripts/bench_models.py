@@ -289,15 +289,16 @@ def table(result: dict) -> str:
             "(a) train step: forward + backward + AdamW, jit, warmed up, median of "
             f"{result['args']['repeats']} (baseline and Krause timed alternately)",
             "| model | image | depth | batch | params | ms / step | CPU ms / step | images / s "
-            "| time K / baseline (wall, CPU) | paired: median K / baseline, K faster |",
+            "| time K / baseline (wall, CPU) | paired: median K / baseline (IQR), K faster |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
         rows = result["train"]
         for i, row in enumerate(rows):
             base = rows[i - i % 2]
             ratios = paired_ratios(row["step_s_all"], base["step_s_all"])
+            quartiles = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
             paired = (
-                f"{statistics.median(ratios):.3f}x, "
+                f"{quartiles[1]:.3f}x (IQR {quartiles[0]:.3f}-{quartiles[2]:.3f}), "
                 f"{sum(r < 1 for r in ratios)} of {len(ratios)} rounds"
                 if row is not base
                 else ""
