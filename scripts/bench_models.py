@@ -46,6 +46,8 @@ from krause.models.sampling import sample
 from krause.models.vit import LAYOUTS
 
 ATTENTION_NAMES = {"softmax": "ARM", "linear": "LARM", "krause": "KARM"}
+TRAIN_PAIRS = {"cifar": ("vit_s4", "kvit_s4"), "imagenet": ("vit_s16", "kvit_s16")}
+SAMPLE_MODELS = {"mnist": "pixel_ar_mnist", "cifar10": "pixel_ar_cifar10"}
 
 
 def machine() -> dict:
@@ -162,14 +164,11 @@ def prepare_train_step(name: str, batch: int, overrides: dict):
 def bench_train(args) -> list[dict]:
     """Rows of (baseline, Krause) per size and layout; a size's models share the timing rounds."""
     overrides = {"depth": 2} if args.quick else {}
-    pairs = {
-        "cifar": ("vit_s4", "kvit_s4", args.batch_cifar),
-        "imagenet": ("vit_s16", "kvit_s16", args.batch_imagenet),
-    }
+    batches = {"cifar": args.batch_cifar, "imagenet": args.batch_imagenet}
     layouts = args.layout.split(",") if args.layout else [None]  # None: the registry's default
     rows = []
     for size in args.train_sizes.split(","):
-        baseline, krause, batch = pairs[size]
+        (baseline, krause), batch = TRAIN_PAIRS[size], batches[size]
         runs, size_rows = {}, {}
         for layout in layouts:
             layout_overrides = overrides if layout is None else {**overrides, "layout": layout}
@@ -234,11 +233,12 @@ def prepare_sampling(name: str, attention: str, num_images: int, overrides: dict
 def bench_sampling(args) -> list[dict]:
     mnist_depth = 2 if args.quick else 12
     cases = {
-        "mnist": ("pixel_ar_mnist", {"depth": mnist_depth}, args.num_images_mnist),
-        "cifar10": ("pixel_ar_cifar10", {"depth": args.cifar_depth}, args.num_images_cifar),
+        "mnist": ({"depth": mnist_depth}, args.num_images_mnist),
+        "cifar10": ({"depth": args.cifar_depth}, args.num_images_cifar),
     }
     rows = []
-    for name, overrides, num_images in (cases[size] for size in args.sample_sizes.split(",")):
+    for size in args.sample_sizes.split(","):
+        name, (overrides, num_images) = SAMPLE_MODELS[size], cases[size]
         runs, case_rows = {}, {}
         for attention in ATTENTION_NAMES:
             runs[attention], case_rows[attention] = prepare_sampling(
@@ -349,12 +349,14 @@ def main():
     parser.add_argument("--num-images-cifar", type=int, default=None)
     parser.add_argument("--cifar-depth", type=int, default=None, help="CIFAR-size sampling depth")
     parser.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs")
-    parser.add_argument("--train-sizes", default="cifar,imagenet", help="train pairs to run")
-    parser.add_argument("--sample-sizes", default="mnist,cifar10", help="sampling cases to run")
+    parser.add_argument("--train-sizes", default=",".join(TRAIN_PAIRS), help="train pairs to run")
+    parser.add_argument(
+        "--sample-sizes", default=",".join(SAMPLE_MODELS), help="sampling cases to run"
+    )
     args = parser.parse_args()
     for option, value, known in (
-        ("--train-sizes", args.train_sizes, ("cifar", "imagenet")),
-        ("--sample-sizes", args.sample_sizes, ("mnist", "cifar10")),
+        ("--train-sizes", args.train_sizes, tuple(TRAIN_PAIRS)),
+        ("--sample-sizes", args.sample_sizes, tuple(SAMPLE_MODELS)),
         ("--layout", args.layout or "paper", LAYOUTS),
     ):
         unknown = [item for item in value.split(",") if item not in known]
