@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,9 +12,9 @@ import pytest
 
 from krause.attention import dense_mask, densify_weights
 from krause.models import get_model, model_names
-from krause.models.layers import DropPath, apply_rope, axial_rope_angles
+from krause.models.layers import DropPath, Mlp, apply_rope, axial_rope_angles
 from krause.models.swin import WindowAttention, window_mask
-from krause.models.vit import top_k_schedule
+from krause.models.vit import EncoderBlock, SelfAttention, top_k_schedule
 
 TINY_VIT = dict(depth=2, width=32, heads=2, mlp_dim=64)
 # blocks on the 8x8 map (the second one shifted) and on the 2x2 map (padded to one 4x4 window)
@@ -358,6 +359,42 @@ def test_drop_path_drops_whole_examples():
     assert np.all(per_example == per_example[:, :1])  # all or nothing per example
     assert np.allclose(np.unique(y), [0.0, 1 / 0.75])
     assert abs(y.mean() - 1) < 0.05
+
+
+@pytest.mark.parametrize("post_ln", [False, True])
+def test_encoder_block_drop_path_drops_each_branch_per_example(post_ln):
+    """Each example's train output is one of the four blocks whose attention and MLP branches are
+    scaled by 0 or 1 / keep, built here from the sub-layers without drop-path."""
+    batch, width, mlp_dim, rate = 48, 8, 16, 0.5
+    attention_fn = functools.partial(SelfAttention, heads=2)
+    block = EncoderBlock(attention_fn, mlp_dim, post_ln=post_ln, drop_path_rate=rate)
+    x = jax.random.normal(key(1), (batch, 5, width))
+    params = block.init({"params": key(2)}, x, train=False)["params"]
+    leaves, tree = jax.tree.flatten(params)  # biases start at zero: perturb every parameter
+    noisy = [a + 0.3 * jax.random.normal(key(3 + i), a.shape) for i, a in enumerate(leaves)]
+    params = jax.tree.unflatten(tree, noisy)
+    out = block.apply({"params": params}, x, train=True, rngs={"dropout": key(9)})
+
+    attn = lambda h: attention_fn().apply({"params": params["attention"]}, h, train=False)[0]
+    mlp = lambda h: Mlp(mlp_dim).apply({"params": params["mlp"]}, h, train=False)
+    ln = lambda name, h: nn.LayerNorm(block.layer_norm_eps).apply({"params": params[name]}, h)
+
+    def reference(scale_attn, scale_mlp):
+        if post_ln:
+            h = ln("norm1", x + scale_attn * attn(x))
+            return ln("norm2", h + scale_mlp * mlp(h))
+        h = x + scale_attn * attn(ln("norm1", x))
+        return h + scale_mlp * mlp(ln("norm2", h))
+
+    scales = (0.0, 1 / (1 - rate))
+    candidates = {(a, m): reference(a, m) for a in scales for m in scales}
+    seen = set()
+    for i in range(batch):
+        errors = {c: float(jnp.max(jnp.abs(out[i] - ref[i]))) for c, ref in candidates.items()}
+        best = min(errors, key=errors.get)
+        assert errors[best] < 1e-4, errors
+        seen.add(best)
+    assert len(seen) == 4  # every combination occurs (p of missing one ~ 4 * 0.75^48)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -62,6 +62,7 @@ from krause.models.layers import (
     apply_rope,
     axial_rope_angles,
     dense_init,
+    scaled_dense,
 )
 
 ATTENTIONS = ("softmax", "krause")
@@ -86,6 +87,7 @@ class SelfAttention(nn.Module):
 
     Call: x [B, N, D] -> (out [B, N, D], weights or None). Weights (only if `return_weights`):
     Krause `KrauseWeights`, softmax [B, H, N, N].
+    `branch_scale` ([B, 1, 1], drop-path) multiplies out, through `scaled_dense`.
     """
 
     heads: int
@@ -101,7 +103,14 @@ class SelfAttention(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, x: jax.Array, *, train: bool, return_weights: bool = False):
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool,
+        return_weights: bool = False,
+        branch_scale: jax.Array | None = None,
+    ):
         batch, n, width = x.shape
         if width % self.heads:
             raise ValueError(f"width {width} is not divisible by heads {self.heads}.")
@@ -137,7 +146,7 @@ class SelfAttention(nn.Module):
         else:
             raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}.")
         out, weights = result if return_weights else (result, None)
-        out = dense(width, name="out")(out.reshape(batch, n, width))
+        out = scaled_dense(dense(width, name="out"), out.reshape(batch, n, width), branch_scale)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(out), weights
 
 
@@ -165,14 +174,23 @@ class EncoderBlock(nn.Module):
         attn = self.attention_fn(name="attention")
         mlp = Mlp(self.mlp_dim, None, self.dropout_rate, self.dtype, self.param_dtype, name="mlp")
         drop_path = DropPath(self.drop_path_rate)
+        # Drop-path multiplies each branch's last Dense input (`scaled_dense`), not its output.
+        scales = (None, None)
+        if train and self.drop_path_rate > 0:
+            scales = (drop_path.branch_scale(x), drop_path.branch_scale(x))
         if self.post_ln:
-            y, weights = attn(x, train=train, return_weights=self.capture)
-            x = norm(name="norm1")(x + drop_path(y, train=train))
-            x = norm(name="norm2")(x + drop_path(mlp(x, train=train), train=train))
+            y, weights = attn(x, train=train, return_weights=self.capture, branch_scale=scales[0])
+            x = norm(name="norm1")(x + y)
+            x = norm(name="norm2")(x + mlp(x, train=train, branch_scale=scales[1]))
         else:
-            y, weights = attn(norm(name="norm1")(x), train=train, return_weights=self.capture)
-            x = x + drop_path(y, train=train)
-            x = x + drop_path(mlp(norm(name="norm2")(x), train=train), train=train)
+            y, weights = attn(
+                norm(name="norm1")(x),
+                train=train,
+                return_weights=self.capture,
+                branch_scale=scales[0],
+            )
+            x = x + y
+            x = x + mlp(norm(name="norm2")(x), train=train, branch_scale=scales[1])
         if self.capture:
             self.sow("intermediates", "attention_weights", weights)
             self.sow("intermediates", "hidden", x)
