@@ -1,0 +1,637 @@
+"""Fused, block-sparse Krause attention as a Pallas kernel (forward and backward).
+
+Per head, local query i and key j in its neighbourhood (see `krause.py` for the definition):
+
+    s_ij = (2 q_i.k_j - ||k_j||^2) / (2 sigma^2)     (q, k centred on the keys' mean; the row
+                                                      constant -||q_i||^2 / (2 sigma^2) dropped)
+
+Layout. Patch tokens (grids) or all tokens (causal windows) are the *local* tokens, cut into
+query blocks of `block_q` and key blocks of `block_k`. Program (head, query block b) visits the
+key blocks listed in row b of a static table (`pallas_tables.block_tables`) and, on grids, one
+block holding the global keys. Inside a block the exact neighbourhood test is computed from
+indices (Manhattan / Chebyshev radius with clipping, causal lag < W). No [N, N] array and no
+[N, w, d] gather. Global queries (CLS rows, which see every key) are dense rows in XLA, O(N)
+each.
+
+Top-k. The scores of the visited blocks stay on chip; a radix select over the order-preserving
+int32 keys of the float32 scores (32 counting passes) finds each query's exact k-th largest
+score (ties counted with multiplicity), and every key with score >= it is kept, as in
+`selection.kth_largest`. The online-softmax pass then runs over the same on-chip scores, so the
+threshold is compared with bit-identical values. The backward pass recomputes the scores with
+the same operations and reuses the saved threshold (no gradient flows through it).
+
+Backward. Flash-style: a dq kernel over query blocks (it also returns each query block's
+contributions to the global keys' dk, dv and the per-row terms of d sigma) and a dk, dv kernel
+over key blocks that visits the query blocks of the transposed table.
+
+Backends. GPU: the Triton lowering (`pallas.triton.CompilerParams`); TPU: Mosaic with the same
+kernel body (unverified); CPU: `interpret=True` (tests). See docs/pallas.md.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+
+from krause.attention.common import select_and_normalize
+from krause.attention.neighborhoods import CausalWindow, GridNeighborhood, Neighborhood
+from krause.attention.pallas_tables import (
+    block_tables,
+    local_neighbor_table,
+    num_global_keys,
+    num_local,
+)
+
+DTYPES = (jnp.float32, jnp.bfloat16)
+MIN_BLOCK = 8  # interpret mode; compiled kernels need MIN_COMPILED_BLOCK (Triton dot tiles)
+MIN_COMPILED_BLOCK = 16
+MAX_BLOCK = 256
+MAX_HEAD_DIM = 256  # padded head / value dim held on chip per block
+MAX_TOP_K_KEYS = 2048  # keys per query block whose scores stay on chip for the top-k select
+DEFAULT_BLOCK = 64
+_F32 = jnp.float32
+_I32 = jnp.int32
+_INT_MIN = -(2**31)
+_HIGHEST = lax.Precision.HIGHEST
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+    """Static description of one kernel instance (hashable: a nondiff argument)."""
+
+    nb: Neighborhood
+    top_k: int | None  # None: keep the whole neighbourhood
+    block_q: int
+    block_k: int
+    interpret: bool
+
+    @property
+    def num_local(self) -> int:
+        return num_local(self.nb)
+
+    @property
+    def num_global(self) -> int:
+        return num_global_keys(self.nb)
+
+    @property
+    def padded_length(self) -> int:
+        step = max(self.block_q, self.block_k)
+        return -(-self.num_local // step) * step
+
+    def tables(self):
+        return block_tables(self.nb, self.block_q, self.block_k)
+
+
+def _next_pow2(x: int) -> int:
+    return 1 << max(0, int(x - 1).bit_length())
+
+
+def padded_dim(dim: int) -> int:
+    """Head / value dim as the kernel holds it: a power of two >= 16 (zero padding is exact)."""
+    return max(16, _next_pow2(dim))
+
+
+def local_max_neighbors(nb: Neighborhood) -> int:
+    """Largest neighbourhood of a local query (global keys included)."""
+    counts = np.sum(local_neighbor_table(nb) >= 0, axis=1)
+    return int(counts.max(initial=0)) + num_global_keys(nb)
+
+
+def default_block_size(nb: Neighborhood) -> int:
+    """DEFAULT_BLOCK, smaller for short sequences (never below MIN_COMPILED_BLOCK)."""
+    return int(np.clip(_next_pow2(num_local(nb)), MIN_COMPILED_BLOCK, DEFAULT_BLOCK))
+
+
+def check_supported(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    nb: Neighborhood,
+    top_k: int | None,
+    block_q: int,
+    block_k: int,
+    interpret: bool,
+) -> None:
+    """ValueError naming the limit and the implementation to use instead, before any work."""
+    if not isinstance(nb, GridNeighborhood | CausalWindow):
+        raise ValueError(
+            f"impl='pallas' supports grid neighbourhoods and causal windows, got {nb.describe()}; "
+            "use impl='dense' (or 'reference') for full attention."
+        )
+    for name, x in zip("qkv", (q, k, v), strict=True):
+        if x.dtype not in DTYPES:
+            raise ValueError(
+                f"impl='pallas' takes float32 or bfloat16 inputs, got {name}.dtype={x.dtype}; "
+                "use impl='dense' or 'reference' for other dtypes (e.g. float64)."
+            )
+    minimum = MIN_BLOCK if interpret else MIN_COMPILED_BLOCK
+    for name, size in (("block_q", block_q), ("block_k", block_k)):
+        if not (isinstance(size, int) and minimum <= size <= MAX_BLOCK and size & (size - 1) == 0):
+            raise ValueError(
+                f"impl='pallas' needs {name} to be a power of two in [{minimum}, {MAX_BLOCK}], "
+                f"got {size!r}."
+            )
+    for name, dim in (("head_dim", q.shape[-1]), ("value_dim", v.shape[-1])):
+        if padded_dim(dim) > MAX_HEAD_DIM:
+            raise ValueError(
+                f"impl='pallas' tiles {name} up to {MAX_HEAD_DIM}, got {dim}; use impl='banded' "
+                "(grids) or 'blocked' (causal windows)."
+            )
+    g = num_global_keys(nb)
+    if g > block_k:
+        raise ValueError(
+            f"impl='pallas' holds the global keys in one key block: num_global={g} must be <= "
+            f"block_k={block_k}; raise block_k or use impl='banded'."
+        )
+    if top_k is not None and top_k < local_max_neighbors(nb):
+        table = block_tables(nb, block_q, block_k)[0]
+        keys = (table.shape[1] + (g > 0)) * block_k
+        if keys > MAX_TOP_K_KEYS:
+            raise ValueError(
+                f"impl='pallas' keeps the scores of a query block's {keys} candidate keys on chip "
+                f"for top-k, more than its limit {MAX_TOP_K_KEYS}; use smaller blocks, or "
+                "impl='banded' (grids) / 'blocked' (causal windows)."
+            )
+
+
+# ----------------------------------------------------------------------------------------------
+# Kernel pieces (traced inside the kernels; written with Triton's primitive set).
+# ----------------------------------------------------------------------------------------------
+
+
+def _arange(n: int) -> jax.Array:
+    return jnp.arange(n, dtype=_I32)
+
+
+def _neighbor_mask(nb: Neighborhood, q_idx: jax.Array, k_idx: jax.Array) -> jax.Array:
+    """bool [bq, bk]: local key k_idx [1, bk] is in the neighbourhood of local query q_idx [bq, 1]."""
+    n = num_local(nb)
+    inside = (q_idx < n) & (k_idx < n)
+    if isinstance(nb, GridNeighborhood):
+        dr = jnp.abs(q_idx // nb.width - k_idx // nb.width)
+        dc = jnp.abs(q_idx % nb.width - k_idx % nb.width)
+        dist = dr + dc if nb.metric == "manhattan" else jnp.maximum(dr, dc)
+        return inside & (dist <= nb.radius)
+    lag = q_idx - k_idx
+    return inside & (lag >= 0) & (lag < nb.window)
+
+
+def _scores(q2: jax.Array, kc: jax.Array, sqk: jax.Array, inv: jax.Array):
+    """(s, base): base = 2 q.k - ||k||^2 [bq, bk] and s = base * inv; q2 = 2 q (centred).
+
+    The same three IEEE operations everywhere (a materialised dot, a subtraction, a product), so
+    the forward and backward kernels see bit-identical scores.
+    """
+    base = pl.dot(q2, kc, trans_b=True, precision=_HIGHEST) - sqk
+    return base * inv, base
+
+
+def _order_key(s: jax.Array) -> jax.Array:
+    """float32 -> int32 with the same order."""
+    i = lax.bitcast_convert_type(s, _I32)
+    return jnp.where(i >= 0, i, i ^ jnp.int32(0x7FFFFFFF))
+
+
+def _key_to_float(key: jax.Array) -> jax.Array:
+    i = jnp.where(key >= 0, key, key ^ jnp.int32(0x7FFFFFFF))
+    return lax.bitcast_convert_type(i, _F32)
+
+
+def _kth_largest(scores: list[jax.Array], valid: list[jax.Array], k: int) -> jax.Array:
+    """[bq, 1]: the k-th largest valid score of each row over all blocks; -inf if < k valid.
+
+    Radix select on the order-preserving keys, most significant bit first, in the sign-flipped
+    (unsigned) order: the result is the largest t with #{key >= t} >= k.
+    """
+    keys = [jnp.where(m, _order_key(s), jnp.int32(_INT_MIN)) for s, m in zip(scores, valid)]
+    num_valid = sum(jnp.sum(m.astype(_I32), axis=1, keepdims=True) for m in valid)
+
+    def step(i, prefix):
+        candidate = prefix | jnp.left_shift(jnp.int32(1), (31 - i).astype(_I32))
+        signed = candidate ^ jnp.int32(_INT_MIN)
+        count = sum(jnp.sum((key >= signed).astype(_I32), axis=1, keepdims=True) for key in keys)
+        return jnp.where(count >= k, candidate, prefix)
+
+    prefix = lax.fori_loop(0, 32, step, jnp.zeros(num_valid.shape, _I32))
+    threshold = _key_to_float(prefix ^ jnp.int32(_INT_MIN))
+    return jnp.where(num_valid >= k, threshold, -jnp.inf)
+
+
+@dataclasses.dataclass
+class _KeyBlock:
+    """A key block as seen from one query block: lazily computed scores."""
+
+    scores: Callable[[], tuple[jax.Array, jax.Array]]  # -> (s, base) [bq, bk]
+    valid: Callable[[], jax.Array]  # -> bool [bq, bk]
+    keys: Callable[[], jax.Array]  # -> centred keys [bk, Dp] float32
+    values: Callable[[], jax.Array]  # -> values [bk, Dvp] float32
+    is_global: bool
+
+
+def _key_blocks(cfg, b, q2, q_idx, inv, centre, table_ref, counts_ref, k_ref, v_ref, sqk_ref, glob):
+    """The key blocks visited by query block b: the global block (if any), then the table row."""
+    bk = cfg.block_k
+    blocks = []
+    if glob is not None:
+        kg_ref, vg_ref, sqkg_ref = glob
+        keys = lambda: kg_ref[...].astype(_F32) - centre
+        blocks.append(
+            _KeyBlock(
+                scores=lambda keys=keys: _scores(q2, keys(), sqkg_ref[...], inv),
+                valid=lambda: (q_idx < cfg.num_local) & (_arange(bk)[None, :] < cfg.num_global),
+                keys=keys,
+                values=lambda: vg_ref[...].astype(_F32),
+                is_global=True,
+            )
+        )
+    for t in range(table_ref.shape[1]):
+        start = pl.multiple_of(table_ref[b, t] * bk, bk)
+        keys = lambda start=start: k_ref[pl.ds(start, bk), :].astype(_F32) - centre
+        blocks.append(
+            _KeyBlock(
+                scores=lambda keys=keys, start=start: _scores(
+                    q2, keys(), sqk_ref[:, pl.ds(start, bk)], inv
+                ),
+                valid=lambda start=start, t=t: (
+                    _neighbor_mask(cfg.nb, q_idx, start + _arange(bk)[None, :])
+                    & (t < counts_ref[b])
+                ),
+                keys=keys,
+                values=lambda start=start: v_ref[pl.ds(start, bk), :].astype(_F32),
+                is_global=False,
+            )
+        )
+    return blocks
+
+
+def _split_refs(cfg, refs, n_in):
+    """(inputs without the global refs, global refs or None, outputs)."""
+    ins, outs = list(refs[:n_in]), list(refs[n_in:])
+    glob = tuple(ins[8:11]) if cfg.num_global else None
+    return ins[:8] + ins[8 + 3 * bool(cfg.num_global) :], glob, outs
+
+
+def _forward_kernel(*refs, cfg: _Config):
+    n_in = 8 + 3 * bool(cfg.num_global)
+    ins, glob, (o_ref, lse_ref, thr_ref) = _split_refs(cfg, refs, n_in)
+    table_ref, counts_ref, inv_ref, centre_ref, q_ref, k_ref, v_ref, sqk_ref = ins
+    bq = cfg.block_q
+    b = pl.program_id(1)
+    inv, centre = inv_ref[...], centre_ref[...]
+    q2 = 2.0 * (q_ref[...].astype(_F32) - centre)
+    q_idx = b * bq + _arange(bq)[:, None]
+    blocks = _key_blocks(
+        cfg, b, q2, q_idx, inv, centre, table_ref, counts_ref, k_ref, v_ref, sqk_ref, glob
+    )
+
+    # Pass 1 (top-k only): all scores of the visited blocks on chip, exact k-th largest.
+    if cfg.top_k is not None:
+        computed = [(blk.scores()[0], blk.valid()) for blk in blocks]
+        threshold = _kth_largest([s for s, _ in computed], [m for _, m in computed], cfg.top_k)
+    else:
+        computed, threshold = [None] * len(blocks), None
+
+    # Pass 2: online softmax over the kept scores.
+    m = jnp.full((bq, 1), -jnp.inf, _F32)
+    total = jnp.zeros((bq, 1), _F32)
+    acc = jnp.zeros((bq, o_ref.shape[-1]), _F32)
+    for blk, done in zip(blocks, computed, strict=True):
+        s, keep = done if done is not None else (blk.scores()[0], blk.valid())
+        if threshold is not None:
+            keep = keep & (s >= threshold)
+        s = jnp.where(keep, s, -jnp.inf)
+        m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
+        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+        alpha = jnp.exp(m - m_safe)
+        p = jnp.where(keep, jnp.exp(s - m_safe), 0.0)
+        total = alpha * total + jnp.sum(p, axis=1, keepdims=True)
+        acc = alpha * acc + pl.dot(p, blk.values(), precision=_HIGHEST)
+        m = m_new
+    empty = total == 0.0  # padding rows only: every real query sees itself
+    o_ref[...] = (acc / jnp.where(empty, 1.0, total)).astype(o_ref.dtype)
+    lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, total)))
+    lse_ref[...] = lse.reshape(1, bq)
+    thr = jnp.full((bq, 1), -jnp.inf, _F32) if threshold is None else threshold
+    thr_ref[...] = thr.reshape(1, bq)
+
+
+def _probabilities(s, keep, lse, threshold, top_k):
+    if top_k is not None:
+        keep = keep & (s >= threshold)
+    return jnp.where(keep, jnp.exp(s - lse), 0.0)
+
+
+def _dq_kernel(*refs, cfg: _Config):
+    n_in = 8 + 3 * bool(cfg.num_global) + 4
+    ins, glob, outs = _split_refs(cfg, refs, n_in)
+    table_ref, counts_ref, inv_ref, centre_ref, q_ref, k_ref, v_ref, sqk_ref = ins[:8]
+    do_ref, lse_ref, thr_ref, delta_ref = ins[8:]
+    dq_ref, dinv_ref = outs[:2]
+    bq = cfg.block_q
+    b = pl.program_id(1)
+    inv, centre = inv_ref[...], centre_ref[...]
+    qc = q_ref[...].astype(_F32) - centre
+    q2 = 2.0 * qc
+    q_idx = b * bq + _arange(bq)[:, None]
+    do = do_ref[...].astype(_F32)
+    lse, thr, delta = (r[...].reshape(bq, 1) for r in (lse_ref, thr_ref, delta_ref))
+    dq = jnp.zeros(qc.shape, _F32)
+    dinv = jnp.zeros((bq, 1), _F32)
+    blocks = _key_blocks(
+        cfg, b, q2, q_idx, inv, centre, table_ref, counts_ref, k_ref, v_ref, sqk_ref, glob
+    )
+    for blk in blocks:
+        s, base = blk.scores()
+        p = _probabilities(s, blk.valid(), lse, thr, cfg.top_k)
+        values, keys = blk.values(), blk.keys()
+        dp = pl.dot(do, values, trans_b=True, precision=_HIGHEST)
+        ds = p * (dp - delta)
+        dq = dq + pl.dot(ds, keys, precision=_HIGHEST)
+        dinv = dinv + jnp.sum(ds * base, axis=1, keepdims=True)
+        if blk.is_global:
+            dkg_ref, dvg_ref = outs[2:]
+            dk = pl.dot(ds, qc, trans_a=True, precision=_HIGHEST)
+            dk = dk - jnp.sum(ds, axis=0)[:, None] * keys
+            dkg_ref[...] = (2.0 * inv * dk).astype(dkg_ref.dtype)
+            dvg_ref[...] = pl.dot(p, do, trans_a=True, precision=_HIGHEST).astype(dvg_ref.dtype)
+    dq_ref[...] = (2.0 * inv * dq).astype(dq_ref.dtype)
+    dinv_ref[...] = dinv.reshape(1, bq)
+
+
+def _dkv_kernel(*refs, cfg: _Config):
+    (table_ref, counts_ref, inv_ref, centre_ref, q_ref, k_ref, v_ref, sqk_ref) = refs[:8]
+    do_ref, lse_ref, thr_ref, delta_ref, dk_ref, dv_ref = refs[8:]
+    bq, bk = cfg.block_q, cfg.block_k
+    c = pl.program_id(1)
+    inv, centre = inv_ref[...], centre_ref[...]
+    kc = k_ref[...].astype(_F32) - centre
+    values = v_ref[...].astype(_F32)
+    sqk = sqk_ref[...]
+    k_idx = c * bk + _arange(bk)[None, :]
+    dk = jnp.zeros(kc.shape, _F32)
+    dv = jnp.zeros(values.shape, _F32)
+    for t in range(table_ref.shape[1]):
+        start = pl.multiple_of(table_ref[c, t] * bq, bq)
+        rows = pl.ds(start, bq)
+        qc = q_ref[rows, :].astype(_F32) - centre
+        s, _ = _scores(2.0 * qc, kc, sqk, inv)
+        valid = _neighbor_mask(cfg.nb, start + _arange(bq)[:, None], k_idx) & (t < counts_ref[c])
+        lse, thr, delta = (r[0, rows][:, None] for r in (lse_ref, thr_ref, delta_ref))
+        p = _probabilities(s, valid, lse, thr, cfg.top_k)
+        do = do_ref[rows, :].astype(_F32)
+        ds = p * (pl.dot(do, values, trans_b=True, precision=_HIGHEST) - delta)
+        dv = dv + pl.dot(p, do, trans_a=True, precision=_HIGHEST)
+        dk = dk + pl.dot(ds, qc, trans_a=True, precision=_HIGHEST)
+        dk = dk - jnp.sum(ds, axis=0)[:, None] * kc
+    dk_ref[...] = (2.0 * inv * dk).astype(dk_ref.dtype)
+    dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+# ----------------------------------------------------------------------------------------------
+# pallas_call wrappers on heads-major, padded arrays: q, k [BH, L, Dp], v [BH, L, Dvp],
+# global keys kg [BH, block_k, Dp], vg [BH, block_k, Dvp], inv [BH, 1, 1], centre [BH, 1, Dp].
+# ----------------------------------------------------------------------------------------------
+
+
+def _compiler_params(cfg: _Config):
+    if cfg.interpret or jax.default_backend() != "gpu":
+        return None  # interpret mode; Mosaic TPU with its defaults
+    from jax.experimental.pallas import triton as pltriton
+
+    return pltriton.CompilerParams(num_warps=4, num_stages=2)
+
+
+def _call(kernel, cfg, grid, in_specs, out_specs, out_shape, name):
+    return pl.pallas_call(
+        functools.partial(kernel, cfg=cfg),
+        grid=grid,
+        in_specs=in_specs,
+        out_specs=out_specs,
+        out_shape=out_shape,
+        compiler_params=_compiler_params(cfg),
+        interpret=cfg.interpret,
+        name=name,
+    )
+
+
+def _full(shape):
+    """BlockSpec of a whole array, the same block for every program."""
+    return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
+
+
+def _per_head(*block):
+    """BlockSpec of a whole per-head slice [BH, *block]."""
+    return pl.BlockSpec((None, *block), lambda bh, _: (bh,) + (0,) * len(block))
+
+
+def _shared_specs(cfg, table, counts, bh_shape):
+    """In-specs of table, counts, inv, centre, and k, v, sqk over the whole padded length."""
+    _, length, dp, dvp = bh_shape
+    return [
+        _full(table.shape),
+        _full(counts.shape),
+        _per_head(1, 1),
+        _per_head(1, dp),
+    ], [_per_head(length, dp), _per_head(length, dvp), _per_head(1, length)]
+
+
+def _global_specs(cfg, dp, dvp):
+    if not cfg.num_global:
+        return []
+    return [_per_head(cfg.block_k, dp), _per_head(cfg.block_k, dvp), _per_head(1, cfg.block_k)]
+
+
+def _q_block(*dims, cfg):
+    """BlockSpec of query block b: [BH, L, *dims] -> (bq, *dims) or [BH, 1, L] -> (1, bq)."""
+    if dims == ("row",):
+        return pl.BlockSpec((None, 1, cfg.block_q), lambda bh, b: (bh, 0, b))
+    return pl.BlockSpec((None, cfg.block_q, *dims), lambda bh, b: (bh, b, 0))
+
+
+def _forward(cfg, q, k, v, kg, vg, inv, centre, sqk, sqkg):
+    bh, length, dp = q.shape
+    dvp = v.shape[-1]
+    table, counts, _, _ = cfg.tables()
+    head, kv = _shared_specs(cfg, table, counts, (bh, length, dp, dvp))
+    in_specs = head + [_q_block(dp, cfg=cfg)] + kv + _global_specs(cfg, dp, dvp)
+    row = jax.ShapeDtypeStruct((bh, 1, length), _F32)
+    out_shape = [jax.ShapeDtypeStruct((bh, length, dvp), q.dtype), row, row]
+    out_specs = [_q_block(dvp, cfg=cfg), _q_block("row", cfg=cfg), _q_block("row", cfg=cfg)]
+    args = [jnp.asarray(table), jnp.asarray(counts), inv, centre, q, k, v, sqk]
+    args += [kg, vg, sqkg] if cfg.num_global else []
+    grid = (bh, length // cfg.block_q)
+    return _call(_forward_kernel, cfg, grid, in_specs, out_specs, out_shape, "krause_fwd")(*args)
+
+
+def _backward(cfg, res, do):
+    q, k, v, kg, vg, inv, centre, sqk, sqkg, o, lse, thr = res
+    bh, length, dp = q.shape
+    dvp = v.shape[-1]
+    table, counts, table_t, counts_t = cfg.tables()
+    delta = jnp.sum(o.astype(_F32) * do.astype(_F32), axis=-1)[:, None, :]  # [BH, 1, L]
+    q_blocks = length // cfg.block_q
+
+    head, kv = _shared_specs(cfg, table, counts, (bh, length, dp, dvp))
+    row = _q_block("row", cfg=cfg)
+    in_specs = head + [_q_block(dp, cfg=cfg)] + kv + _global_specs(cfg, dp, dvp)
+    in_specs += [_q_block(dvp, cfg=cfg), row, row, row]
+    out_shape = [
+        jax.ShapeDtypeStruct((bh, length, dp), _F32),
+        jax.ShapeDtypeStruct((bh, 1, length), _F32),
+    ]
+    out_specs = [_q_block(dp, cfg=cfg), row]
+    if cfg.num_global:
+        out_shape += [
+            jax.ShapeDtypeStruct((bh, q_blocks, cfg.block_k, dp), _F32),
+            jax.ShapeDtypeStruct((bh, q_blocks, cfg.block_k, dvp), _F32),
+        ]
+        out_specs += [
+            pl.BlockSpec((None, None, cfg.block_k, d), lambda i, b: (i, b, 0, 0)) for d in (dp, dvp)
+        ]
+    args = [jnp.asarray(table), jnp.asarray(counts), inv, centre, q, k, v, sqk]
+    args += [kg, vg, sqkg] if cfg.num_global else []
+    args += [do, lse, thr, delta]
+    grid = (bh, q_blocks)
+    outs = _call(_dq_kernel, cfg, grid, in_specs, out_specs, out_shape, "krause_dq")(*args)
+    dq, dinv_rows = outs[:2]
+    if cfg.num_global:
+        dkg, dvg = (jnp.sum(x, axis=1) for x in outs[2:])
+    else:
+        dkg, dvg = jnp.zeros(kg.shape, _F32), jnp.zeros(vg.shape, _F32)
+
+    key_block = lambda d: pl.BlockSpec((None, cfg.block_k, d), lambda i, c: (i, c, 0))
+    in_specs = [
+        _full(table_t.shape),
+        _full(counts_t.shape),
+        _per_head(1, 1),
+        _per_head(1, dp),
+        _per_head(length, dp),
+        key_block(dp),
+        key_block(dvp),
+        pl.BlockSpec((None, 1, cfg.block_k), lambda i, c: (i, 0, c)),
+        _per_head(length, dvp),
+        _per_head(1, length),
+        _per_head(1, length),
+        _per_head(1, length),
+    ]
+    out_shape = [
+        jax.ShapeDtypeStruct((bh, length, dp), _F32),
+        jax.ShapeDtypeStruct((bh, length, dvp), _F32),
+    ]
+    args = [jnp.asarray(table_t), jnp.asarray(counts_t), inv, centre, q, k, v, sqk]
+    args += [do, lse, thr, delta]
+    grid = (bh, length // cfg.block_k)
+    out_specs = [key_block(dp), key_block(dvp)]
+    dk, dv = _call(_dkv_kernel, cfg, grid, in_specs, out_specs, out_shape, "krause_dkv")(*args)
+    dinv = jnp.sum(dinv_rows, axis=-1, keepdims=True)  # [BH, 1, 1]
+    cast = lambda x, like: x.astype(like.dtype)
+    return (
+        cast(dq, q),
+        cast(dk, k),
+        cast(dv, v),
+        cast(dkg, kg),
+        cast(dvg, vg),
+        dinv,
+        jnp.zeros_like(centre),
+    )
+
+
+def _sq_norms(keys: jax.Array, centre: jax.Array) -> jax.Array:
+    """||k - centre||^2 of [BH, L, Dp] keys -> [BH, 1, L] float32."""
+    return jnp.sum(jnp.square(keys.astype(_F32) - centre), axis=-1)[:, None, :]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _local_attention(cfg, q, k, v, kg, vg, inv, centre):
+    return _local_attention_fwd(cfg, q, k, v, kg, vg, inv, centre)[0]
+
+
+def _local_attention_fwd(cfg, q, k, v, kg, vg, inv, centre):
+    sqk, sqkg = _sq_norms(k, centre), _sq_norms(kg, centre)
+    o, lse, thr = _forward(cfg, q, k, v, kg, vg, inv, centre, sqk, sqkg)
+    return o, (q, k, v, kg, vg, inv, centre, sqk, sqkg, o, lse, thr)
+
+
+_local_attention.defvjp(_local_attention_fwd, _backward)
+
+
+# ----------------------------------------------------------------------------------------------
+# Public entry point on [B, N, H, D] arrays.
+# ----------------------------------------------------------------------------------------------
+
+
+def _global_rows(q_global, k, v, inv, centre, top_k):
+    """Dense rows of the global queries [B, G, H, D] over every key -> [B, G, H, Dv] float32."""
+    qh = jnp.swapaxes(q_global.astype(_F32) - centre, 1, 2)  # [B, H, G, D]
+    kh = jnp.swapaxes(k.astype(_F32) - centre, 1, 2)
+    vh = jnp.swapaxes(v.astype(_F32), 1, 2)
+    dots = jnp.einsum("bhgd,bhnd->bhgn", 2.0 * qh, kh, precision=_HIGHEST)
+    scores = (dots - jnp.sum(jnp.square(kh), axis=-1)[:, :, None, :]) * inv[:, None, None]
+    p = select_and_normalize(scores, None, top_k)
+    return jnp.swapaxes(jnp.einsum("bhgn,bhnd->bhgd", p, vh, precision=_HIGHEST), 1, 2)
+
+
+def pallas_krause_attention(
+    q: jax.Array,
+    k: jax.Array,
+    v: jax.Array,
+    inv_two_sigma_sq: jax.Array,
+    nb: Neighborhood,
+    top_k: int | None,
+    *,
+    block_q: int | None = None,
+    block_k: int | None = None,
+    interpret: bool | None = None,
+) -> jax.Array:
+    """Krause attention through the Pallas kernel.
+
+    Args:
+      q, k: [B, N, H, D]; v: [B, N, H, Dv]; float32 or bfloat16 (computed in float32).
+      inv_two_sigma_sq: [H] float32, 1 / (2 sigma_h^2).
+      nb: a grid neighbourhood or a causal window of length N.
+      top_k: keep the top_k most affine keys of each neighbourhood (ties kept); None keeps all.
+      block_q, block_k: query / key block sizes (powers of two); default `default_block_size`.
+      interpret: run the kernels in interpret mode; default: when the backend is the CPU.
+
+    Returns:
+      out [B, N, H, Dv] float32.
+    """
+    block_q = block_q or default_block_size(nb)
+    block_k = block_k or default_block_size(nb)
+    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
+    check_supported(q, k, v, nb, top_k, block_q, block_k, interpret)
+    if top_k is not None and top_k >= local_max_neighbors(nb):
+        local_top_k = None
+    else:
+        local_top_k = top_k
+    cfg = _Config(nb, local_top_k, block_q, block_k, interpret)
+    batch, n, heads, dim = q.shape
+    dv = v.shape[-1]
+    g, n_loc, length = cfg.num_global, cfg.num_local, cfg.padded_length
+    dp, dvp = padded_dim(dim), padded_dim(dv)
+
+    centre = lax.stop_gradient(jnp.round(jnp.mean(k.astype(_F32), axis=1, keepdims=True)))
+
+    def heads_major(x, start, stop, rows, cols):  # [B, N, H, d] -> [B H, rows, cols] zero-padded
+        x = jnp.swapaxes(x[:, start:stop], 1, 2).reshape(batch * heads, stop - start, x.shape[-1])
+        return jnp.pad(x, ((0, 0), (0, rows - (stop - start)), (0, cols - x.shape[-1])))
+
+    ql, kl = (heads_major(x, g, n, length, dp) for x in (q, k))
+    vl = heads_major(v, g, n, length, dvp)
+    kg = heads_major(k, 0, g, block_k, dp)
+    vg = heads_major(v, 0, g, block_k, dvp)
+    centre_bh = heads_major(centre, 0, 1, 1, dp).astype(_F32)
+    inv_bh = jnp.broadcast_to(inv_two_sigma_sq.astype(_F32), (batch, heads)).reshape(-1, 1, 1)
+    out = _local_attention(cfg, ql, kl, vl, kg, vg, inv_bh, centre_bh)
+    out = jnp.swapaxes(out[:, :n_loc, :dv].reshape(batch, heads, n_loc, dv), 1, 2).astype(_F32)
+    if g:
+        out_global = _global_rows(q[:, :g], k, v, inv_two_sigma_sq.astype(_F32), centre, top_k)
+        out = jnp.concatenate([out_global, out], axis=1)
+    return out
