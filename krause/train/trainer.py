@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import pathlib
 import time
@@ -33,12 +32,13 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
+from clu import periodic_actions
 from flax import traverse_util
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from krause import data as kdata
-from krause.metrics import MetricWriter, read_metrics
+from krause.metrics import create_metric_writer, read_metrics
 from krause.models import get_model
 from krause.train import optim, tasks
 from krause.train.config import resolve_steps
@@ -141,7 +141,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         logging.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
     else:
         state = jax.jit(init_state, out_shardings=replicated)(init_key)
-    writer = MetricWriter(workdir, enabled=is_main, resume_step=start_step)
+    writer = create_metric_writer(workdir, is_main=is_main, resume_step=start_step)
 
     # ------------------------------------------------------------------ update step
     def train_step(state, batch, micro_step):
@@ -187,7 +187,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     train_iter = kdata.make_train_iterator(
         micro_input, seed=config.seed, start_step=start_step * accum, source=train_source
     )
-    timer = StepTimer(total_steps)
+    timer = StepTimer()
+    progress = periodic_actions.ReportProgress(  # logs steps/s and the ETA
+        num_train_steps=total_steps, every_steps=config.log_every_steps, every_secs=None
+    )
     pending: list[dict[str, jax.Array]] = []  # metrics since the last log
     last_train: dict[str, float] = {}
     final_eval: dict[str, float] = {}
@@ -198,24 +201,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 state, metrics = train_step(state, batch, np.int32((step - 1) * accum + micro))
                 pending.append(metrics)
             timer.step_done(step, state)
+            progress(step)
 
             if step % config.log_every_steps == 0 or step == total_steps:
                 last_train = {f"train/{k}": v for k, v in mean_metrics(pending).items()}
                 pending = []
                 last_train["train/lr"] = float(schedule(step - 1))
                 last_train.update(timer.rates())
-                writer.write(step, {**last_train, **sigma_metrics(state["params"])})
-                logging.info("%s | loss %.4f", timer.progress(), last_train["train/loss"])
+                writer.write_scalars(step, {**last_train, **sigma_metrics(state["params"])})
 
             if step % checkpoint_every == 0 or step == total_steps:
-                with timer.paused():
+                with timer.paused(), progress.timed("checkpoint", wait_jax_async_dispatch=False):
                     manager.save(step, args=ocp.args.StandardSave(state))
 
             if step % eval_every == 0 or step == total_steps:
-                with timer.paused():
+                with timer.paused(), progress.timed("eval", wait_jax_async_dispatch=False):
                     final_eval = evaluate(state["params"])
-                writer.write(step, final_eval)
-                logging.info("step %d: %s", step, format_metrics(final_eval))
+                writer.write_scalars(step, final_eval)
 
         run_rates = {f"{k}_mean": v for k, v in timer.mean_rates().items()}
         if start_step == total_steps:  # resumed a finished run: report its final numbers
@@ -387,10 +389,10 @@ def format_metrics(metrics: dict[str, Any]) -> str:
 
 
 class StepTimer:
-    """Training time per step, excluding the first step (compilation), evaluation and saving."""
+    """Training time per step, excluding the first step (compilation) and `paused()` blocks
+    (evaluation, saving): `train/step_time_s` and `train/steps_per_sec`."""
 
-    def __init__(self, total_steps: int):
-        self.total_steps = total_steps
+    def __init__(self):
         self.step = 0
         self.first = None  # (time, step) once the first step of this process has finished
         self.mark = None  # (time, step) at the previous `rates` call
@@ -424,23 +426,8 @@ class StepTimer:
         t0, s0 = self.first
         return _rates(self.step - s0, time.perf_counter() - t0 - self.excluded)
 
-    def progress(self) -> str:
-        line = f"step {self.step}/{self.total_steps} ({100 * self.step / self.total_steps:.1f}%)"
-        rate = self.mean_rates().get("train/steps_per_sec")
-        if rate:
-            eta = (self.total_steps - self.step) / rate
-            line += f" | {rate:.2f} steps/s | ETA {_duration(eta)}"
-        return line
-
 
 def _rates(steps: int, seconds: float) -> dict[str, float]:
     if steps <= 0 or seconds <= 0:
         return {}
     return {"train/steps_per_sec": steps / seconds, "train/step_time_s": seconds / steps}
-
-
-def _duration(seconds: float) -> str:
-    seconds = math.ceil(seconds)
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{seconds:02d}s"
