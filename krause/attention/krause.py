@@ -16,6 +16,8 @@ Implementations (`impl=`):
   "stencil":   grids: shifted views of the padded key grid, O(N w), no gather.
   "banded":    grids: blocks of grid rows against the rows around them, matmuls, O(N W (R + 2r)).
   "blocked":   causal windows: query blocks against the key blocks that reach them, O(N (W + C)).
+  "pallas":    grids and causal windows: fused block-sparse Pallas kernel (pallas.py); interpret
+               mode on CPU.
   "auto":      the fastest correct one for the neighbourhood and length (see `resolve_impl`).
 """
 
@@ -27,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from krause.attention import local
+from krause.attention import local, pallas
 from krause.attention.common import (
     centred_heads_major,
     compute_dtype,
@@ -47,7 +49,7 @@ from krause.attention.neighborhoods import (
 )
 from krause.attention.selection import kth_largest
 
-IMPLS = ("auto", "reference", "dense", "gather", "stencil", "banded", "blocked")
+IMPLS = ("auto", "reference", "dense", "gather", "stencil", "banded", "blocked", "pallas")
 # "auto" on a grid picks the cheapest of dense (N keys per query), banded (g + (R + 2r) W keys)
 # and stencil (w slots), in units of one key of a dense matmul row. Measured forward + backward
 # on 2 CPU cores: a band key costs ~1.5 dense keys (gathers, padding, smaller matmuls), a
@@ -221,6 +223,8 @@ def resolve_impl(impl: str, nb: Neighborhood) -> str:
     if impl == "auto":
         if isinstance(nb, Full):
             return "dense"
+        if jax.default_backend() in ("gpu", "tpu"):  # the fused kernel; the CPU choice below
+            return "pallas"
         if isinstance(nb, CausalWindow):  # blocked is matmul-based too: ~W + C keys per query
             return "dense" if nb.length <= 2 * nb.window else "blocked"
         band_keys = nb.num_global + (local.grid_band_rows(nb) + 2 * nb.radius) * nb.width
@@ -234,6 +238,10 @@ def resolve_impl(impl: str, nb: Neighborhood) -> str:
         raise ValueError(f"impl={impl!r} needs a grid neighbourhood, got {nb.describe()}.")
     if impl == "blocked" and not isinstance(nb, CausalWindow):
         raise ValueError(f"impl='blocked' needs a causal window, got {nb.describe()}.")
+    if impl == "pallas" and isinstance(nb, Full):
+        raise ValueError(
+            f"impl='pallas' needs a grid or a causal window, got {nb.describe()}; use impl='dense'."
+        )
     return impl
 
 
@@ -273,6 +281,15 @@ def krause_attention(
             + (" (height * width + num_global)." if isinstance(nb, GridNeighborhood) else ".")
         )
     impl = resolve_impl(impl, nb)
+    if impl == "pallas":
+        if return_weights:
+            raise ValueError(
+                "impl='pallas' does not return weights; use impl='stencil' or 'gather'."
+            )
+        out = pallas.pallas_krause_attention(
+            q, k, v, _inv_two_sigma_sq(sigma, q.shape[2], jnp.float32), nb, top_k
+        )
+        return out.astype(q.dtype)
     dtype = compute_dtype(q.dtype)
     inv = _inv_two_sigma_sq(sigma, q.shape[2], dtype)
     q32, k32, v32 = (x.astype(dtype) for x in (q, k, v))

@@ -171,7 +171,7 @@ def _arange(n: int) -> jax.Array:
 
 
 def _neighbor_mask(nb: Neighborhood, q_idx: jax.Array, k_idx: jax.Array) -> jax.Array:
-    """bool [bq, bk]: local key k_idx [1, bk] is in the neighbourhood of local query q_idx [bq, 1]."""
+    """bool [bq, bk]: local key k_idx [1, bk] is a neighbour of local query q_idx [bq, 1]."""
     n = num_local(nb)
     inside = (q_idx < n) & (k_idx < n)
     if isinstance(nb, GridNeighborhood):
@@ -210,7 +210,8 @@ def _kth_largest(scores: list[jax.Array], valid: list[jax.Array], k: int) -> jax
     Radix select on the order-preserving keys, most significant bit first, in the sign-flipped
     (unsigned) order: the result is the largest t with #{key >= t} >= k.
     """
-    keys = [jnp.where(m, _order_key(s), jnp.int32(_INT_MIN)) for s, m in zip(scores, valid)]
+    pairs = zip(scores, valid, strict=True)
+    keys = [jnp.where(m, _order_key(s), jnp.int32(_INT_MIN)) for s, m in pairs]
     num_valid = sum(jnp.sum(m.astype(_I32), axis=1, keepdims=True) for m in valid)
 
     def step(i, prefix):
@@ -607,10 +608,8 @@ def pallas_krause_attention(
     block_k = block_k or default_block_size(nb)
     interpret = jax.default_backend() == "cpu" if interpret is None else interpret
     check_supported(q, k, v, nb, top_k, block_q, block_k, interpret)
-    if top_k is not None and top_k >= local_max_neighbors(nb):
-        local_top_k = None
-    else:
-        local_top_k = top_k
+    keeps_all = top_k is not None and top_k >= local_max_neighbors(nb)
+    local_top_k = None if keeps_all else top_k
     cfg = _Config(nb, local_top_k, block_q, block_k, interpret)
     batch, n, heads, dim = q.shape
     dv = v.shape[-1]
