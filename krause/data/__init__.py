@@ -5,6 +5,9 @@ Typical use in a trainer (`config.input` from `default_input_config(dataset, rec
     train_iter = make_train_iterator(config.input, seed=config.seed, start_step=step)
     for batch in make_eval_batches(config.input):  # one pass, `mask` marks real examples
         ...
+    # With config.input.validation_size > 0: the held-out part of the training split.
+    for batch in make_eval_batches(config.input, split="validation"):
+        ...
 
 The data position to checkpoint is the trainer's global step (see `krause.data.pipeline`).
 Offline datasets: `python -m krause.data.prepare --dataset NAME --archive_dir DIR --data_dir DIR`.
@@ -16,6 +19,8 @@ from krause.data.pipeline import (
     make_eval_batches,
     make_train_iterator,
     num_eval_batches,
+    num_train_examples,
+    split_indices,
 )
 from krause.data.prepare import ARCHIVES, prepare
 from krause.data.registry import DATASETS, DatasetInfo, get_dataset_info
@@ -32,5 +37,7 @@ __all__ = [
     "make_eval_batches",
     "make_train_iterator",
     "num_eval_batches",
+    "num_train_examples",
     "prepare",
+    "split_indices",
 ]

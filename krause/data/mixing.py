@@ -16,17 +16,15 @@ def smooth_labels(targets: np.ndarray, smoothing: float) -> np.ndarray:
     return ((1.0 - smoothing) * targets + smoothing / targets.shape[-1]).astype(np.float32)
 
 
-def cutmix_box(
-    rng: np.random.Generator, height: int, width: int, lam: float
-) -> tuple[int, int, int, int]:
-    """(top, bottom, left, right) of a box of area ~(1 - lam) * H * W with a uniformly drawn
-    centre, clipped at the border (Yun et al. 2019)."""
-    cut = np.sqrt(1.0 - lam)
-    cut_h, cut_w = int(height * cut), int(width * cut)
-    cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
-    top, bottom = np.clip([cy - cut_h // 2, cy + cut_h // 2], 0, height)
-    left, right = np.clip([cx - cut_w // 2, cx + cut_w // 2], 0, width)
-    return int(top), int(bottom), int(left), int(right)
+def cutmix_box(height: int, width: int, lam: float, cy: int, cx: int) -> tuple[int, int, int, int]:
+    """(top, bottom, left, right) of the CutMix box centred at (cy, cx): half-sides
+    int(sqrt(1 - lam) / 2 * side), clipped at the border (torchvision's v2.CutMix, as in Yun et
+    al. 2019). Clipping makes the box smaller than (1 - lam) H W; callers recompute lam from it."""
+    half = 0.5 * np.sqrt(1.0 - lam)
+    half_h, half_w = int(half * height), int(half * width)
+    top, bottom = max(cy - half_h, 0), min(cy + half_h, height)
+    left, right = max(cx - half_w, 0), min(cx + half_w, width)
+    return top, bottom, left, right
 
 
 def mix_batch(
@@ -39,13 +37,15 @@ def mix_batch(
     mix_prob: float = 1.0,
     cutmix_prob: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Mixes each example with the next one in the batch (partner of i is i - 1, cyclically).
+    """Mixes each example with the previous one in the batch (partner of i is i - 1, cyclically,
+    as torchvision's v2.MixUp / v2.CutMix roll the batch by one).
 
     images: float32 [b, H, W, C]; targets: float32 [b, K] (one-hot or soft). With probability
     `mix_prob` the batch is mixed, using CutMix with probability `cutmix_prob` (timm's
     `switch_prob`) and MixUp otherwise; an alpha of 0 disables that method. One method and one
     lam ~ Beta(alpha, alpha) per call. MixUp: x = lam x_i + (1 - lam) x_partner. CutMix: a box
-    from the partner is pasted and lam is recomputed as the exact unpasted area fraction.
+    (`cutmix_box`, centre uniform over the pixels) from the partner is pasted and lam is
+    recomputed as the exact unpasted area fraction of the clipped box.
     Targets become lam t_i + (1 - lam) t_partner, so they still sum to 1.
     """
     use_mixup, use_cutmix = mixup_alpha > 0, cutmix_alpha > 0
@@ -57,7 +57,8 @@ def mix_batch(
     partner_images, partner_targets = np.roll(images, 1, axis=0), np.roll(targets, 1, axis=0)
     if cutmix:
         _, height, width, _ = images.shape
-        top, bottom, left, right = cutmix_box(rng, height, width, lam)
+        cy, cx = int(rng.integers(0, height)), int(rng.integers(0, width))
+        top, bottom, left, right = cutmix_box(height, width, lam, cy, cx)
         images = images.copy()
         images[:, top:bottom, left:right] = partner_images[:, top:bottom, left:right]
         lam = 1.0 - (bottom - top) * (right - left) / (height * width)

@@ -7,6 +7,11 @@ perm_e(p mod N) of epoch e = p // N, perm_e being grain's index shuffle seeded w
 Per-example augmentation randomness is keyed on (augment_seed, position), batch mixing on
 (mix_seed, s * P + i); the three seeds are derived from `seed`. So a trainer resumes by storing
 its step and calling `make_train_iterator(..., start_step=step)`: no iterator state is needed.
+
+Validation part: with `config.validation_size` = V > 0, the training split's N examples are split
+once by `split_indices` (independent of every seed): V of them form the "validation" split,
+read by `make_eval_batches(config, split="validation")`, and the stream above runs over the
+other N - V (positions index that subset; `num_train_examples` gives N - V).
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from krause.data.mixing import mix_batch, one_hot, smooth_labels
 from krause.data.registry import DatasetInfo, get_dataset_info
 
 Batch = dict[str, np.ndarray]
+
+# Seed of the fixed permutation that picks the validation part (`split_indices`).
+VALIDATION_SEED = 0
+EVAL_SPLITS = ("test", "validation")
 
 
 def data_source(config: Any, split: str) -> Sequence[dict[str, Any]]:
@@ -87,12 +96,14 @@ def _augment_op(name: str, config: Any, info: DatasetInfo):
             size=size,
             scale=tuple(config.rrc_scale),
             ratio=tuple(config.rrc_ratio),
+            interpolation=config.rrc_interpolation,
         ),
         "color_jitter": functools.partial(aug.color_jitter, strength=config.color_jitter),
         "rand_augment": functools.partial(
             aug.rand_augment,
             num_ops=config.rand_augment_num_ops,
             magnitude=config.rand_augment_magnitude,
+            num_bins=config.rand_augment_num_bins,
         ),
     }
     return ops[name]
@@ -147,6 +158,66 @@ def _check(config: Any) -> None:
     )
     if config.output == "tokens" and (transforms or config.label_smoothing):
         raise ValueError("output='tokens' takes raw pixels: no augmentation, mixing or smoothing.")
+    magnitude, num_bins = config.rand_augment_magnitude, config.rand_augment_num_bins
+    if not (isinstance(magnitude, int) and num_bins >= 2 and 0 <= magnitude < num_bins):
+        raise ValueError(
+            f"rand_augment_magnitude must be an integer bin in [0, rand_augment_num_bins - 1]"
+            f" (torchvision's scale; 9 of 31 bins = 0.3 of each op's maximum), got"
+            f" {magnitude!r} with rand_augment_num_bins={num_bins!r}."
+        )
+    if not (isinstance(config.validation_size, int) and config.validation_size >= 0):
+        raise ValueError(
+            f"validation_size must be an integer >= 0 (0 = no validation part), got"
+            f" {config.validation_size!r}."
+        )
+
+
+def split_indices(num_examples: int, validation_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(train, validation) indices into a training split of `num_examples` examples.
+
+    The validation part is the last `validation_size` entries of the fixed permutation
+    `np.random.RandomState(VALIDATION_SEED).permutation(num_examples)` (legacy RandomState, whose
+    stream NumPy keeps fixed across versions), so it never depends on a run's seed; the training
+    part is the rest. Both are sorted int64 arrays; with validation_size 0 the training part is
+    every index in order.
+    """
+    if not 0 <= validation_size < num_examples:
+        raise ValueError(
+            f"validation_size {validation_size} must be in [0, {num_examples}) for a training"
+            f" split of {num_examples} examples."
+        )
+    if validation_size == 0:
+        return np.arange(num_examples), np.zeros(0, np.int64)
+    permutation = np.random.RandomState(VALIDATION_SEED).permutation(num_examples)
+    cut = num_examples - validation_size
+    return np.sort(permutation[:cut]), np.sort(permutation[cut:])
+
+
+class _Subset(Sequence):
+    """The examples `indices` of a random-access source, in that order."""
+
+    def __init__(self, source: Sequence[dict[str, Any]], indices: np.ndarray):
+        self.source, self.indices = source, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.source[int(self.indices[index])]
+
+
+def _train_part(source: Sequence[dict[str, Any]], config: Any) -> Sequence[dict[str, Any]]:
+    """The training split minus its validation part (the whole split if validation_size is 0)."""
+    if config.validation_size == 0:
+        return source
+    train, _ = split_indices(len(source), config.validation_size)
+    return _Subset(source, train)
+
+
+def num_train_examples(config: Any) -> int:
+    """Examples per training epoch: the registry's train count minus `validation_size`."""
+    _check(config)
+    return get_dataset_info(config.dataset).num_train - config.validation_size
 
 
 def _to_iterator(dataset: grain.MapDataset, config: Any) -> Iterator[Batch]:
@@ -179,13 +250,15 @@ def make_train_iterator(
     config: the input config (`default_input_config`). Yields, per step, this process' share
     (global_batch_size / process_count rows) of the global batch: see `config.output`.
     `process_index`/`process_count` default to jax's; `source` overrides the tfds train split
-    (any random-access sequence of {image uint8 [H,W,C], label} dicts).
+    (any random-access sequence of {image uint8 [H,W,C], label} dicts); either way the
+    validation part (`config.validation_size`) is removed from it.
     """
     _check(config)
     info = get_dataset_info(config.dataset)
     process_index, process_count = _process(process_index, process_count)
     local_batch = _local_batch_size(config.global_batch_size, process_count)
     source = data_source(config, info.train_split) if source is None else source
+    source = _train_part(source, config)
     shuffle_seed, augment_seed, mix_seed = (
         int(s) for s in np.random.SeedSequence(seed).generate_state(3)
     )
@@ -221,21 +294,34 @@ def _padded_example(examples: grain.MapDataset, index: int) -> dict[str, Any]:
 def make_eval_batches(
     config: Any,
     *,
+    split: str = "test",
     process_index: int | None = None,
     process_count: int | None = None,
     source: Sequence[dict[str, Any]] | None = None,
 ) -> Iterator[Batch]:
-    """One pass over the test split in local batches, each with mask bool [b].
+    """One pass over an evaluation split in local batches, each with mask bool [b].
 
-    Global batch k holds test examples [k * G, (k + 1) * G); the last one is padded (with copies
+    split: "test" (the registry's test split) or "validation" (the `config.validation_size`
+    held-out training examples, see `split_indices`). `source` overrides the split read from
+    disk: for "test" the test examples, for "validation" the *whole* training split (the
+    validation part is taken from it).
+    Global batch k holds examples [k * G, (k + 1) * G); the last one is padded (with copies
     of the final example) and its padding has mask False. Every process yields the same number
     of batches, num_eval_batches(N, G), and over all processes every example has mask True once.
     """
     _check(config)
+    if split not in EVAL_SPLITS:
+        raise ValueError(f"Unknown eval split {split!r}; known: {list(EVAL_SPLITS)}.")
+    if split == "validation" and config.validation_size == 0:
+        raise ValueError("split='validation' needs config.validation_size > 0 (it is 0).")
     info = get_dataset_info(config.dataset)
     process_index, process_count = _process(process_index, process_count)
     local_batch = _local_batch_size(config.eval_batch_size, process_count)
-    source = data_source(config, info.test_split) if source is None else source
+    if split == "validation":
+        source = data_source(config, info.train_split) if source is None else source
+        source = _Subset(source, split_indices(len(source), config.validation_size)[1])
+    else:
+        source = data_source(config, info.test_split) if source is None else source
     examples = grain.MapDataset.source(source).map(
         functools.partial(preprocess_eval, config=config, info=info)
     )
