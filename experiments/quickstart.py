@@ -214,7 +214,10 @@ def plot_attention(config, run_dir: pathlib.Path, path: pathlib.Path, num_images
     blocks = sorted(k for k in captured["intermediates"] if k.startswith("block_"))
     # [layer, batch, heads, N, N] dense probabilities, token 0 is CLS.
     probs = np.stack(
-        [densify_weights(captured["intermediates"][b]["attention_weights"][0]) for b in blocks]
+        [
+            densify_weights(captured["intermediates"][b]["attention"]["attention_weights"][0])
+            for b in blocks
+        ]
     )
     grid = model.image_size // model.patch_size
     query = 1 + grid + 1  # patch (1, 1)

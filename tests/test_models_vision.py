@@ -12,9 +12,10 @@ import pytest
 
 from krause.attention import dense_mask, densify_weights
 from krause.models import get_model, model_names
+from krause.models.attention import MultiHeadAttention
 from krause.models.layers import DropPath, Mlp, apply_rope, axial_rope_angles
-from krause.models.swin import WindowAttention, window_mask
-from krause.models.vit import EncoderBlock, SelfAttention, top_k_schedule
+from krause.models.swin import relative_position_bias, window_mask
+from krause.models.vit import EncoderBlock, top_k_schedule
 
 TINY_VIT = dict(depth=2, width=32, heads=2, mlp_dim=64)
 # blocks on the 8x8 map (the second one shifted) and on the 2x2 map (padded to one 4x4 window)
@@ -123,9 +124,9 @@ def test_rope_rows_have_the_same_parameter_count(name, num_classes, expected):
     assert num_params(model, model.image_size) == expected
 
 
-@pytest.mark.parametrize("attention,expected", [("softmax", 27_510_484), ("krause", 27_510_622)])
-def test_swin_parameter_counts_match_paper(attention, expected):
-    assert num_params(get_model("swin_t", attention=attention, num_classes=10), 32) == expected
+@pytest.mark.parametrize("name,expected", [("swin_t", 27_510_484), ("kswin_t", 27_510_622)])
+def test_swin_parameter_counts_match_paper(name, expected):
+    assert num_params(get_model(name, num_classes=10), 32) == expected
 
 
 def test_initialisation():
@@ -147,7 +148,7 @@ def test_initialisation():
     params = run_jit(lambda x: swin.init({"params": key()}, x, train=False), images())["params"]
     attention = params["stage0_block0"]["attention"]
     np.testing.assert_allclose(attention["log_sigma"], [np.log(4.0)] * 2, rtol=1e-6)
-    assert attention["relative_position_bias_table"].shape == (49, 2)
+    assert params["stage0_block0"]["relative_position_bias_table"].shape == (49, 2)
     assert "bias" not in params["stage0_merge"]["reduction"]
 
 
@@ -213,7 +214,8 @@ def _layer_norm(x, p, eps):
 
 
 def _dense(x, p):
-    return x @ p["kernel"] + p["bias"]
+    """x [..., in] @ W + b for Dense and DenseGeneral parameters (kernel [in..., out...])."""
+    return x @ p["kernel"].reshape(x.shape[-1], -1) + p["bias"].reshape(-1)
 
 
 def _attention(x, p, heads, kind):
@@ -314,7 +316,8 @@ def test_captured_krause_weights_stay_in_neighbourhood(overrides):
     for i, top_k in enumerate(model.top_k_per_layer()):
         block = inter[f"block_{i:02d}"]
         assert block["hidden"][0].shape == (2, 65, 32)
-        dense = np.asarray(densify_weights(block["attention_weights"][0]))  # [B, H, N, N]
+        weights = block["attention"]["attention_weights"][0]
+        dense = np.asarray(densify_weights(weights))  # [B, H, N, N]
         assert np.all(dense[:, :, outside] == 0)
         np.testing.assert_allclose(dense.sum(-1), 1.0, atol=1e-5)
         if top_k is not None:
@@ -325,7 +328,7 @@ def test_captured_softmax_weights_are_dense_rows():
     model = get_model("vit_t4", capture=True, **TINY_VIT)
     x = images()
     _, state = forward(model, {"params": random_params(model, x)}, x, mutable=["intermediates"])
-    weights = state["intermediates"]["block_01"]["attention_weights"][0]
+    weights = state["intermediates"]["block_01"]["attention"]["attention_weights"][0]
     assert weights.shape == (2, 2, 65, 65)
     np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
 
@@ -366,8 +369,7 @@ def test_encoder_block_drop_path_drops_each_branch_per_example(post_ln):
     """Each example's train output is one of the four blocks whose attention and MLP branches are
     scaled by 0 or 1 / keep, built here from the sub-layers without drop-path."""
     batch, width, mlp_dim, rate = 48, 8, 16, 0.5
-    attention_fn = functools.partial(SelfAttention, heads=2)
-    block = EncoderBlock(attention_fn, mlp_dim, post_ln=post_ln, drop_path_rate=rate)
+    block = EncoderBlock(MultiHeadAttention(2), mlp_dim, post_ln=post_ln, drop_path_rate=rate)
     x = jax.random.normal(key(1), (batch, 5, width))
     params = block.init({"params": key(2)}, x, train=False)["params"]
     leaves, tree = jax.tree.flatten(params)  # biases start at zero: perturb every parameter
@@ -375,7 +377,7 @@ def test_encoder_block_drop_path_drops_each_branch_per_example(post_ln):
     params = jax.tree.unflatten(tree, noisy)
     out = block.apply({"params": params}, x, train=True, rngs={"dropout": key(9)})
 
-    attn = lambda h: attention_fn().apply({"params": params["attention"]}, h, train=False)[0]
+    attn = lambda h: MultiHeadAttention(2).apply({"params": params["attention"]}, h)
     mlp = lambda h: Mlp(mlp_dim).apply({"params": params["mlp"]}, h, train=False)
     ln = lambda name, h: nn.LayerNorm(block.layer_norm_eps).apply({"params": params[name]}, h)
 
@@ -410,8 +412,8 @@ VARIANTS = [
     ("kvit_t4", dict(locality=False, k0=None, attention_impl="reference")),
     ("kvit_t4", dict(attention_impl="stencil", dtype=jnp.bfloat16)),
     ("kvit_s16", dict(image_size=48, num_classes=7, attention_impl="gather")),  # 3x3 grid
-    ("swin_t", dict(attention="softmax", **TINY_SWIN)),
-    ("swin_t", dict(attention="krause", **TINY_SWIN)),
+    ("swin_t", TINY_SWIN),
+    ("kswin_t", TINY_SWIN),
 ]
 
 
@@ -419,7 +421,8 @@ VARIANTS = [
     "name,overrides", VARIANTS, ids=[f"{n}-{'-'.join(map(str, o.values()))}" for n, o in VARIANTS]
 )
 def test_variant_jits_with_finite_gradients(name, overrides):
-    if not name.startswith("swin"):
+    swin = "swin" in name
+    if not swin:
         overrides = {**TINY_VIT, "depth": 1, **overrides}
     model = get_model(name, **overrides)
     x = images(size=model.image_size)
@@ -444,7 +447,7 @@ def test_variant_jits_with_finite_gradients(name, overrides):
     if model.attention == "softmax":
         assert not sigma_grads
     else:
-        assert len(sigma_grads) == (sum(model.depths) if name.startswith("swin") else model.depth)
+        assert len(sigma_grads) == (sum(model.depths) if swin else model.depth)
         assert all(sigma_grads)
 
 
@@ -473,14 +476,19 @@ def test_window_attention_matches_formula(attention):
     n, d = window * window, dim // heads
     x = jnp.asarray(np.random.default_rng(0).standard_normal((4, n, dim)), jnp.float32)
     mask = jnp.asarray(window_mask(8, 8, window, (2, 2)))[:, None]  # [4 windows, 1, N, N]
-    module = WindowAttention(heads, window, attention, sigma0=4.0)
-    params = run_jit(module.init, key(1), x, mask)["params"]
-    out, _ = run_jit(module.apply, {"params": params}, x, mask)
+    krause = attention == "krause"
+    module = MultiHeadAttention(
+        heads, attention=attention, sigma0=4.0, sigma_per_head=True, scale_qk=krause
+    )
+    table = jax.random.normal(key(2), ((2 * window - 1) ** 2, heads))
+    bias_hij = relative_position_bias(table, window)
+    params = run_jit(lambda x: module.init(key(1), x, mask=mask, bias=bias_hij), x)["params"]
+    out = run_jit(lambda p, x: module.apply({"params": p}, x, mask=mask, bias=bias_hij), params, x)
 
     q, k, v = (_dense(x, params[m]).reshape(4, n, heads, d) for m in ("query", "key", "value"))
     coords = np.stack(np.divmod(np.arange(n), window), -1)
     rel = coords[:, None] - coords[None, :] + window - 1
-    bias = params["relative_position_bias_table"][rel[..., 0] * (2 * window - 1) + rel[..., 1]]
+    bias = table[rel[..., 0] * (2 * window - 1) + rel[..., 1]]  # [i, j, h]
     if attention == "krause":
         sigma = jnp.exp(params["log_sigma"])
         dist = (((q[:, :, None] - k[:, None, :]) / np.sqrt(d)) ** 2).sum(-1)  # [w, i, j, h]
@@ -502,7 +510,7 @@ def test_swin_capture():
     _, state = forward(model, {"params": random_params(model, x)}, x, mutable=["intermediates"])
     block = state["intermediates"]["stage0_block1"]
     assert block["hidden"][0].shape == (2, 8, 8, 16)
-    weights = block["attention_weights"][0]  # [B * 4 windows, heads, 16, 16]
+    weights = block["attention"]["attention_weights"][0]  # [B * 4 windows, heads, 16, 16]
     assert weights.shape == (8, 1, 16, 16)
     mask = np.tile(window_mask(8, 8, 4, (2, 2))[:, None], (2, 1, 1, 1))
     assert np.all(np.asarray(weights)[~np.broadcast_to(mask, weights.shape)] == 0)

@@ -13,7 +13,8 @@ import pytest
 from PIL import Image
 
 from krause.attention import KrauseWeights
-from krause.models.pixel_ar import MODELS, cached_krause_attention
+from krause.attention.decoding import cached_krause_attention
+from krause.models.pixel_ar import MODELS
 from krause.models.sampling import (
     cached_logits,
     complete,
@@ -132,10 +133,11 @@ def test_cached_krause_decoding_is_accurate_when_keys_share_a_large_offset(rng):
     its centre (the key of position 0)."""
     model = tiny("krause")
     params = random_params(model, rng)
-    offset = 100.0 + rng.standard_normal(params["blocks_0"]["attn"]["qkv"]["bias"].shape[1:])
+    offset = 100.0 + rng.standard_normal(params["blocks_0"]["attn"]["query"]["bias"].shape)
     for layer in range(model.depth):
-        bias = params[f"blocks_{layer}"]["attn"]["qkv"]["bias"]  # [3 (q, k, v), heads, head_dim]
-        params[f"blocks_{layer}"]["attn"]["qkv"]["bias"] = bias.at[:2].add(offset)
+        for name in ("query", "key"):  # bias [heads, head_dim]
+            attn = params[f"blocks_{layer}"]["attn"]
+            attn[name]["bias"] = attn[name]["bias"] + offset
     tokens = random_tokens(model, rng)
     full = forward(model, params, tokens)
     np.testing.assert_allclose(cached_logits(model, params, tokens), full, rtol=1e-4, atol=1e-4)
@@ -270,7 +272,7 @@ def test_bfloat16_compute_runs(rng):
     params = random_params(model, rng)
     logits = forward(model, params, tokens)
     assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
-    assert params["blocks_0"]["attn"]["qkv"]["kernel"].dtype == jnp.float32
+    assert params["blocks_0"]["attn"]["query"]["kernel"].dtype == jnp.float32
 
 
 @pytest.mark.parametrize("name", list(VARIANTS))

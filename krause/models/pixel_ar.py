@@ -24,23 +24,14 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import Any, NamedTuple
+from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
 
-from krause.attention import (
-    causal_window,
-    init_linear_attention_state,
-    krause_attention,
-    linear_attention,
-    linear_attention_step,
-    softmax_attention,
-)
-from krause.attention.common import compute_dtype, masked_softmax
-from krause.attention.selection import kth_largest
+from krause.attention import CausalWindow, causal_window
+from krause.models.attention import MultiHeadAttention, init_decoding_cache
 from krause.models.layers import Mlp, dense_init
 
 ATTENTIONS = ("softmax", "linear", "krause")
@@ -48,218 +39,10 @@ ATTENTIONS = ("softmax", "linear", "krause")
 _embed_init = nn.initializers.normal(stddev=0.02)
 
 
-class KVCache(NamedTuple):
-    """Softmax key/value slots of one layer, head-major: [batch, heads, length, head_dim] each.
-
-    Step t attends to the slots < t and to its own key/value, then writes them to slot t.
-    """
-
-    key: jax.Array
-    value: jax.Array
-
-
-class KrauseCache(NamedTuple):
-    """Krause ring buffer of one layer: the last S = min(window, length) positions.
-
-    Step t attends to the valid slots (positions t - window + 1 .. t - 1) and to its own key and
-    value, then writes them to slot t % S. Keys are stored relative to `centre` (per sequence
-    and head: the key of position 0, rounded to integers) together with their squared norms, so
-    that a step's scores are one matrix-vector product:
-    -||q - k||^2 = 2 (q - c).(k - c) - ||k - c||^2 - ||q - c||^2, where the last term is a per-row
-    constant that neither top-k nor the softmax sees. Centring keeps the expansion accurate in
-    float32 when all keys share a large offset (as the per-block centres of `causal_blocked`).
-
-    Fields: key, value [B, H, S, D]; key_sq_norm [B, H, S] float32; centre [B, H, D].
-    """
-
-    key: jax.Array
-    value: jax.Array
-    key_sq_norm: jax.Array
-    centre: jax.Array
-
-
-# Decoding attention: one query per sequence against the cache (head-major, [B, H, S, D]) in
-# which slot `current` stands for the current position, whose key/value are passed separately
-# and written to the cache only afterwards. This keeps a step O(S) with the cache updated in
-# place (checked in the compiled HLO of the decoding loop, XLA CPU):
-#  * head-major caches: with the [B, S, H, D] layout of the `krause.attention` functions, XLA's
-#    CPU dot transposes the whole cache at every step (about 20x slower for 784 slots);
-#  * reading the *old* cache: when the updated cache also fed the attention, XLA duplicated the
-#    dynamic-update-slice into both users and copied the whole cache several times per step;
-#  * the write depends on the attention output (see `CausalSelfAttention.step`);
-#  * the current position replaces its slot's score instead of being appended, so rows keep S
-#    entries (the top-k radix select is ~2x slower on 129 than on 128 entries).
-
-
-def _with_current(cached_scores, current_score, current):
-    """Scores [B, H, S] with slot `current` (bool [S]) replaced by the current position's."""
-    return jnp.where(current, current_score[..., None], cached_scores)
-
-
-def _mix(p, value, v, current):
-    """sum_s p_s value_s, where slot `current` holds the current position's v: [B, H, D]."""
-    p_current = jnp.sum(jnp.where(current, p, 0.0), axis=-1, keepdims=True)
-    return jnp.einsum("bhs,bhsd->bhd", jnp.where(current, 0.0, p), value) + p_current * v
-
-
-def cached_softmax_attention(q, k, v, key, value, valid, current) -> jax.Array:
-    """softmax(q k^T / sqrt(d)) v over the valid slots (the current position at `current`).
-
-    q, k, v [B, H, D] (current position); key, value [B, H, S, D] (cache); valid, current
-    bool [S], `current` one-hot and inside `valid`. Returns [B, H, D] in the compute dtype.
-    """
-    dtype = compute_dtype(q.dtype)
-    q, k, v, key, value = (x.astype(dtype) for x in (q, k, v, key, value))
-    scores = _with_current(jnp.einsum("bhd,bhsd->bhs", q, key), jnp.sum(q * k, -1), current)
-    p = jax.nn.softmax(jnp.where(valid, scores * q.shape[-1] ** -0.5, -jnp.inf), axis=-1)
-    return _mix(p, value, v, current)
-
-
-def cached_krause_attention(
-    q, k, v, key, key_sq_norm, value, valid, current, *, sigma, top_k
-) -> jax.Array:
-    """Krause attention over the valid slots (the current position at `current`).
-
-    Scores -||q - k||^2 / (2 sigma_h^2) up to a per-row constant, top-k over the valid slots,
-    softmax over the survivors (`krause.attention.common`, as `rbf_attention`). q, k and the
-    cached `key` are relative to the same centre (`KrauseCache`), `key_sq_norm` = ||key||^2
-    [B, H, S]; other shapes as `cached_softmax_attention`; sigma [H].
-    """
-    dtype = compute_dtype(q.dtype)
-    q, k, v, key, value = (x.astype(dtype) for x in (q, k, v, key, value))
-    cached = jnp.einsum("bhd,bhsd->bhs", 2.0 * q, key) - key_sq_norm.astype(dtype)
-    scores = _with_current(cached, jnp.sum((2.0 * q - k) * k, axis=-1), current)
-    scores = scores * (0.5 / jnp.square(sigma.astype(dtype)))[:, None]
-    if top_k is None or top_k >= scores.shape[-1]:
-        return _mix(masked_softmax(scores, valid), value, v, current)
-    # No argmax guard (`keep_above`'s variadic reduction, ~50 us per layer): XLA recomputes the
-    # scores in the radix select's fusion and in the comparison's, but from the same
-    # materialised dot and reduction by a subtract, a select and a multiply (nothing to contract
-    # into an FMA), so both copies are bit-identical and the k-th key meets its own threshold.
-    keep = valid & (scores >= kth_largest(scores, top_k, valid))
-    return _mix(masked_softmax(scores, keep), value, v, current)
-
-
-def _linear_weights(q: jax.Array, k: jax.Array, eps: float = 1e-6) -> jax.Array:
-    """Dense causal weights of elu+1 linear attention, [B, H, N, N] (for analysis only)."""
-    phi_q, phi_k = (jax.nn.elu(x.astype(jnp.float32)) + 1.0 for x in (q, k))
-    a = jnp.einsum("bihd,bjhd->bhij", phi_q, phi_k)
-    a = jnp.where(jnp.tril(jnp.ones(a.shape[-2:], bool)), a, 0.0)
-    return a / (jnp.sum(a, axis=-1, keepdims=True) + eps)
-
-
-class CausalSelfAttention(nn.Module):
-    """Causal self-attention with a softmax, linear or Krause kernel; `[B, N, width]` in and out."""
-
-    width: int
-    heads: int
-    attention: str = "softmax"
-    window: int = 128
-    top_k: int | None = 96
-    sigma_init: float = 2.5
-    attention_impl: str = "auto"
-    dtype: Any = jnp.float32
-    param_dtype: Any = jnp.float32
-    capture: bool = False
-
-    def setup(self):
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not divisible by heads {self.heads}.")
-        head_dim = self.width // self.heads
-        dense = functools.partial(
-            nn.DenseGeneral,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=dense_init,
-        )
-        self.qkv = dense(features=(3, self.heads, head_dim))
-        self.out = dense(features=self.width, axis=(-2, -1))
-        if self.attention == "krause":
-            self.log_sigma = self.param(
-                "log_sigma",
-                nn.initializers.constant(math.log(self.sigma_init)),
-                (self.heads,),
-                self.param_dtype,
-            )
-
-    def _sigma(self) -> jax.Array:
-        return jnp.exp(self.log_sigma.astype(jnp.float32))
-
-    def _project(self, x):
-        qkv = self.qkv(x)  # [B, N, 3, H, D]
-        return qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        q, k, v = self._project(x)
-        weights = None
-        if self.attention == "softmax":
-            out = softmax_attention(q, k, v, causal=True, return_weights=self.capture)
-        elif self.attention == "linear":
-            out = linear_attention(q, k, v)
-            weights = _linear_weights(q, k) if self.capture else None
-        else:
-            out = krause_attention(
-                q,
-                k,
-                v,
-                sigma=self._sigma(),
-                neighborhood=causal_window(x.shape[1], self.window),
-                top_k=self.top_k,
-                impl=self.attention_impl,
-                return_weights=self.capture,
-            )
-        if isinstance(out, tuple):
-            out, weights = out
-        if self.capture:
-            self.sow("intermediates", "attention_weights", weights)
-        return self.out(out)
-
-    def step(self, x: jax.Array, cache, position: jax.Array):
-        """One position: x [B, 1, width], this layer's cache, position scalar int32."""
-        q, k, v = (y[:, 0] for y in self._project(x))  # [B, H, D]
-        if self.attention == "linear":
-            cache, out = linear_attention_step(cache, q, k, v)
-            return self.out(out[:, None]), cache
-        slots = cache.key.shape[2]
-        slot = position % slots
-        # Slot `slot` stands for the current position: it is empty (position < slots) or holds
-        # position - slots, which has just left the ring buffer's window.
-        current = jnp.arange(slots) == slot
-        valid = (jnp.arange(slots) < position) | current
-        write = lambda buffer, y: lax.dynamic_update_slice_in_dim(
-            buffer, y[:, :, None].astype(buffer.dtype), slot, axis=2
-        )
-        # The writes depend on the attention output, so that XLA orders them after the reads of
-        # the old cache and updates it in place (without this dependency it copies the whole
-        # cache twice per step; `optimization_barrier` does not survive on CPU).
-        if self.attention == "softmax":
-            out = cached_softmax_attention(q, k, v, cache.key, cache.value, valid, current)
-            after_reads = 0 * out[..., :1].astype(k.dtype)
-            cache = KVCache(write(cache.key, k + after_reads), write(cache.value, v + after_reads))
-        else:
-            dtype = compute_dtype(k.dtype)
-            centre = jnp.where(position == 0, jnp.round(k.astype(dtype)), cache.centre)
-            q = q.astype(dtype) - centre
-            k = (k.astype(dtype) - centre).astype(cache.key.dtype)  # as stored in the cache
-            cached = (cache.key, cache.key_sq_norm, cache.value)
-            out = cached_krause_attention(
-                q, k, v, *cached, valid, current, sigma=self._sigma(), top_k=self.top_k
-            )
-            after_reads = 0 * out[..., :1]
-            k_sq_norm = jnp.sum(jnp.square(k.astype(dtype)), axis=-1, keepdims=True) + after_reads
-            cache = KrauseCache(
-                write(cache.key, k + after_reads.astype(k.dtype)),
-                write(cache.value, v + after_reads.astype(v.dtype)),
-                write(cache.key_sq_norm, k_sq_norm[..., 0]),
-                centre + after_reads,
-            )
-        return self.out(out[:, None].astype(x.dtype)), cache
-
-
 class Block(nn.Module):
     """Pre-LN block: x + Drop(Attn(LN(x))), then x + Drop(MLP(LN(x)))."""
 
-    attn: CausalSelfAttention
+    attn: MultiHeadAttention
     mlp_hidden: int
     dropout_rate: float = 0.1
     layer_norm_eps: float = 1e-5
@@ -280,14 +63,15 @@ class Block(nn.Module):
         self.drop = nn.Dropout(self.dropout_rate)
 
     def __call__(self, x: jax.Array, train: bool) -> jax.Array:
-        x = x + self.drop(self.attn(self.norm1(x)), deterministic=not train)
+        y = self.attn(self.norm1(x), sow_weights=self.capture)
+        x = x + self.drop(y, deterministic=not train)
         x = x + self.drop(self.mlp(self.norm2(x), train=train), deterministic=not train)
         if self.capture:
             self.sow("intermediates", "hidden", x)
         return x
 
     def step(self, x: jax.Array, cache, position: jax.Array):
-        y, cache = self.attn.step(self.norm1(x), cache, position)
+        y, cache = self.attn(self.norm1(x), cache=cache, position=position)
         x = x + y
         return x + self.mlp(self.norm2(x), train=False), cache
 
@@ -301,13 +85,13 @@ class PixelAR(nn.Module):
       vocab_size: token values (256 for 8-bit pixels); also the embedding table's rows.
       attention: "softmax" (ARM), "linear" (LARM, elu+1) or "krause" (KARM).
       window, top_k, sigma_init: Krause causal window W (the last W positions including the
-        query), top-k within it (None: all), initial sigma of every head (one log_sigma per
-        head per layer). Ignored by the other attentions.
+        query; None: the whole sequence), top-k within it (None: all), initial sigma of every
+        head (one log_sigma per head per layer). Ignored by the other attentions.
       attention_impl: `impl` of `krause_attention` for the full forward pass ("auto").
       dropout_rate: embedding and residual dropout (train=True only).
       dtype, param_dtype: compute and parameter dtypes; logits are returned in float32.
       capture: blocks `sow` their outputs ("hidden") and attention weights
-        ("attention_weights": softmax/linear [B, H, N, N], Krause `KrauseWeights`) into
+        ("attn/attention_weights": softmax/linear [B, H, N, N], Krause `KrauseWeights`) into
         the "intermediates" collection.
 
     `__call__(tokens [B, N] int32, train) -> logits [B, N, vocab]` with N <= length;
@@ -321,7 +105,7 @@ class PixelAR(nn.Module):
     mlp_ratio: int = 4
     vocab_size: int = 256
     attention: str = "softmax"
-    window: int = 128
+    window: int | None = 128
     top_k: int | None = 96
     sigma_init: float = 2.5
     attention_impl: str = "auto"
@@ -334,6 +118,12 @@ class PixelAR(nn.Module):
     @property
     def length(self) -> int:
         return math.prod(self.image_shape)
+
+    def neighborhood(self) -> CausalWindow | None:
+        """Krause: the causal window over the whole sequence (None for the other attentions)."""
+        if self.attention != "krause":
+            return None
+        return causal_window(self.length, self.window or self.length)
 
     def setup(self):
         if self.attention not in ATTENTIONS:
@@ -351,17 +141,18 @@ class PixelAR(nn.Module):
         self.embed_drop = nn.Dropout(self.dropout_rate)
         self.blocks = [
             Block(
-                CausalSelfAttention(
-                    width=self.width,
-                    heads=self.heads,
+                MultiHeadAttention(
+                    self.heads,
                     attention=self.attention,
-                    window=self.window,
-                    top_k=self.top_k,
-                    sigma_init=self.sigma_init,
-                    attention_impl=self.attention_impl,
+                    causal=self.attention != "krause",
+                    neighborhood=self.neighborhood(),
+                    top_k=self.top_k if self.attention == "krause" else None,
+                    sigma0=self.sigma_init,
+                    sigma_per_head=True,
+                    impl=self.attention_impl,
+                    kernel_init=dense_init,
                     dtype=self.dtype,
                     param_dtype=self.param_dtype,
-                    capture=self.capture,
                 ),
                 mlp_hidden=self.mlp_ratio * self.width,
                 dropout_rate=self.dropout_rate,
@@ -417,31 +208,17 @@ class PixelAR(nn.Module):
 
 
 def init_cache(model: PixelAR, batch: int) -> tuple:
-    """Empty decoding cache of `model` for `batch` sequences: one entry per layer.
-
-    softmax: `KVCache` of `length` slots; krause: `KrauseCache` of min(window, length) slots (a
-    ring buffer); linear: `LinearAttentionState` (float32 running sums). Every buffer is
-    distinct, so the cache can be donated.
-    """
-    head_dim = model.width // model.heads
-    if model.attention == "linear":
-        return tuple(
-            init_linear_attention_state(batch, model.heads, head_dim, head_dim, jnp.float32)
-            for _ in range(model.depth)
-        )
-    buffer = lambda slots: jnp.zeros((batch, model.heads, slots, head_dim), model.dtype)
-    if model.attention == "softmax":
-        return tuple(
-            KVCache(buffer(model.length), buffer(model.length)) for _ in range(model.depth)
-        )
-    slots = min(model.window, model.length)
-    dtype = compute_dtype(model.dtype)
+    """Empty decoding cache of `model` for `batch` sequences: one entry per layer
+    (`krause.models.attention.init_decoding_cache`)."""
     return tuple(
-        KrauseCache(
-            buffer(slots),
-            buffer(slots),
-            jnp.zeros((batch, model.heads, slots), dtype),
-            jnp.zeros((batch, model.heads, head_dim), dtype),
+        init_decoding_cache(
+            model.attention,
+            batch,
+            model.heads,
+            model.width // model.heads,
+            model.length,
+            model.window,
+            model.dtype,
         )
         for _ in range(model.depth)
     )

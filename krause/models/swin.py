@@ -22,7 +22,7 @@ the window is the neighbourhood (`krause.attention.rbf_attention` on each window
 
 Initialisation: Dense trunc-normal 0.02, zero biases, bias table trunc-normal 0.02, LeCun-normal
 patch convolution. Analysis: `capture=True` sows per block `hidden` [B, H, W, C] and
-`attention_weights` ([B * windows, heads, N, N] window weights) into "intermediates".
+`attention/attention_weights` ([B * windows, heads, N, N] window weights) into "intermediates".
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from krause.attention import rbf_attention, softmax_attention
+from krause.models.attention import MultiHeadAttention
 from krause.models.layers import DropPath, Dtype, Mlp, PatchEmbed, dense_init
 
 ATTENTIONS = ("softmax", "krause")
@@ -103,61 +103,14 @@ def window_mask(
     return None if mask.all() else mask
 
 
-class WindowAttention(nn.Module):
-    """Multi-head attention within windows, with relative-position bias: [B', N, C] -> [B', N, C].
+def relative_position_bias(table: jax.Array, window: int) -> jax.Array:
+    """Bias [1, heads, N, N] (N = window^2) from the table [(2 window - 1)^2, heads].
 
-    Returns (out, weights [B', heads, N, N] if `return_weights` else None).
+    The lookup is a one-hot product: its gradient is a matmul, not a scatter (cheaper to compile
+    and run on CPUs).
     """
-
-    heads: int
-    window: int
-    attention: str = "softmax"
-    sigma0: float = 4.0
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None, *, return_weights: bool = False):
-        b, n, c = x.shape
-        head_dim = c // self.heads
-        dense = functools.partial(
-            nn.Dense, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype
-        )
-        split = lambda y: y.reshape(b, n, self.heads, head_dim)
-        q, k, v = (split(dense(c, name=name)(x)) for name in ("query", "key", "value"))
-        table = self.param(
-            "relative_position_bias_table",
-            dense_init,
-            ((2 * self.window - 1) ** 2, self.heads),
-            self.param_dtype,
-        )
-        # table lookup as a one-hot product: its gradient is a matmul, not a scatter (cheaper
-        # to compile and run on CPUs); [N, N, (2w - 1)^2] x [(2w - 1)^2, H] -> [1, H, N, N]
-        one_hot = np.eye(table.shape[0], dtype=np.float32)[relative_position_index(self.window)]
-        bias = jnp.einsum("ijt,th->hij", one_hot, table)[None]
-        if self.attention == "krause":
-            log_sigma = self.param(
-                "log_sigma",
-                nn.initializers.constant(np.log(self.sigma0)),
-                (self.heads,),
-                self.param_dtype,
-            )
-            scale = head_dim**-0.5
-            result = rbf_attention(
-                q * scale,
-                k * scale,
-                v,
-                sigma=jnp.exp(log_sigma.astype(jnp.float32)),
-                mask=mask,
-                bias=bias,
-                return_weights=return_weights,
-            )
-        elif self.attention == "softmax":
-            result = softmax_attention(q, k, v, mask=mask, bias=bias, return_weights=return_weights)
-        else:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}.")
-        out, weights = result if return_weights else (result, None)
-        return dense(c, name="out")(out.reshape(b, n, c)), weights
+    one_hot = np.eye(table.shape[0], dtype=np.float32)[relative_position_index(window)]
+    return jnp.einsum("ijt,th->hij", one_hot, table)[None]
 
 
 class SwinBlock(nn.Module):
@@ -197,15 +150,27 @@ class SwinBlock(nn.Module):
         mask = window_mask(height, width, w, shift, self.mask_padding)
         if mask is not None:  # [nW, N, N] -> [B * nW, 1, N, N] (windows are batch-major)
             mask = jnp.tile(jnp.asarray(mask)[:, None], (batch, 1, 1, 1))
-        y, weights = WindowAttention(
-            self.heads,
-            w,
-            self.attention,
-            self.sigma0,
-            self.dtype,
+        table = self.param(
+            "relative_position_bias_table", dense_init, ((2 * w - 1) ** 2, self.heads),
             self.param_dtype,
+        )  # fmt: skip
+        krause = self.attention == "krause"
+        y = MultiHeadAttention(
+            self.heads,
+            attention=self.attention,
+            sigma0=self.sigma0,
+            sigma_per_head=True,
+            scale_qk=krause,  # KSwin: distances of q / sqrt(d) and k / sqrt(d)
+            kernel_init=dense_init,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
             name="attention",
-        )(window_partition(y, w), mask, return_weights=self.capture)
+        )(
+            window_partition(y, w),
+            mask=mask,
+            bias=relative_position_bias(table, w),
+            sow_weights=self.capture,
+        )
         y = nn.Dropout(self.dropout_rate, deterministic=not train)(y)
         y = jnp.roll(window_merge(y, w, hp, wp), shift, axis=(1, 2))[:, :height, :width]
         x = x + drop_path(y, train=train)
@@ -219,7 +184,6 @@ class SwinBlock(nn.Module):
         )
         x = x + drop_path(mlp(norm(name="norm2")(x), train=train), train=train)
         if self.capture:
-            self.sow("intermediates", "attention_weights", weights)
             self.sow("intermediates", "hidden", x)
         return x
 
@@ -255,8 +219,7 @@ class Swin(nn.Module):
     """Swin / KSwin classifier: images [B, H, W, C] float32 NHWC -> logits [B, num_classes] float32.
 
     Same conventions as `krause.models.vit.ViT` (init/apply, "dropout" rng, dtype/param_dtype,
-    `capture`). `attention_impl` is accepted for a uniform interface; windows always use the dense
-    `rbf_attention` (16 tokens per window).
+    `capture`). Windows use the dense `rbf_attention` (16 tokens per window).
     """
 
     num_classes: int = 10
@@ -274,7 +237,6 @@ class Swin(nn.Module):
     dropout_rate: float = 0.0
     layer_norm_eps: float = 1e-5
     mask_padding: bool = True
-    attention_impl: str = "auto"  # unused (see class docstring)
     capture: bool = False
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -333,14 +295,7 @@ class Swin(nn.Module):
         return logits.astype(jnp.float32)
 
 
-def _factory(attention: str) -> Callable[..., Swin]:
-    def build(**overrides) -> Swin:
-        return Swin(**{"attention": attention, **overrides})
-
-    return build
-
-
 MODELS: dict[str, Callable[..., nn.Module]] = {
-    "swin_t": _factory("softmax"),
-    "kswin_t": _factory("krause"),
+    "swin_t": functools.partial(Swin, attention="softmax"),
+    "kswin_t": functools.partial(Swin, attention="krause"),
 }

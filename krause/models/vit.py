@@ -33,8 +33,8 @@ Parameter names the trainer relies on: `.../attention/log_sigma` (Krause width, 
 
 Analysis: with `capture=True` the model sows into the "intermediates" collection (retrieve with
 `mutable=["intermediates"]`): `embedding` (tokens entering block 0, [B, N+1, D]) and, per block,
-`hidden` (the block's output) and `attention_weights` (Krause: `KrauseWeights`; softmax:
-[B, H, N, N]).
+`hidden` (the block's output) and `attention/attention_weights` (Krause: `KrauseWeights`;
+softmax: [B, H, N, N]).
 """
 
 from __future__ import annotations
@@ -47,23 +47,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from krause.attention import (
-    Neighborhood,
-    full,
-    grid_neighborhood,
-    krause_attention,
-    softmax_attention,
-)
-from krause.models.layers import (
-    DropPath,
-    Dtype,
-    Mlp,
-    PatchEmbed,
-    apply_rope,
-    axial_rope_angles,
-    dense_init,
-    scaled_dense,
-)
+from krause.attention import Neighborhood, full, grid_neighborhood
+from krause.models.attention import MultiHeadAttention
+from krause.models.layers import DropPath, Dtype, Mlp, PatchEmbed, dense_init
 
 ATTENTIONS = ("softmax", "krause")
 LAYOUTS = ("paper", "pre_ln", "post_ln")
@@ -82,78 +68,10 @@ def top_k_schedule(k0: int | None, depth: int) -> tuple[int, ...] | None:
     return tuple(int(k) for k in np.round(np.linspace(k0, 2 * k0, depth)))
 
 
-class SelfAttention(nn.Module):
-    """Multi-head self-attention, softmax or Krause, with optional 2-D axial RoPE on q and k.
-
-    Call: x [B, N, D] -> (out [B, N, D], weights or None). Weights (only if `return_weights`):
-    Krause `KrauseWeights`, softmax [B, H, N, N].
-    `branch_scale` ([B, 1, 1], drop-path) multiplies out, through `scaled_dense`.
-    """
-
-    heads: int
-    attention: str = "softmax"
-    neighborhood: Neighborhood | None = None  # Krause only; its length must be N
-    top_k: int | None = None
-    sigma0: float = 2.5
-    rope_grid: tuple[int, int] | None = None  # (height, width) of the patch grid, CLS first
-    rope_base: float = 100.0
-    impl: str = "auto"
-    dropout_rate: float = 0.0
-    dtype: Dtype = jnp.float32
-    param_dtype: Dtype = jnp.float32
-
-    @nn.compact
-    def __call__(
-        self,
-        x: jax.Array,
-        *,
-        train: bool,
-        return_weights: bool = False,
-        branch_scale: jax.Array | None = None,
-    ):
-        batch, n, width = x.shape
-        if width % self.heads:
-            raise ValueError(f"width {width} is not divisible by heads {self.heads}.")
-        head_dim = width // self.heads
-        dense = functools.partial(
-            nn.Dense, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype
-        )
-        split = lambda y: y.reshape(batch, n, self.heads, head_dim)
-        q, k, v = (split(dense(width, name=name)(x)) for name in ("query", "key", "value"))
-        if self.rope_grid is not None:
-            angles = axial_rope_angles(*self.rope_grid, head_dim, self.rope_base, 1)
-            q, k = apply_rope(q, angles), apply_rope(k, angles)
-
-        if self.attention == "krause":
-            log_sigma = self.param(
-                "log_sigma",
-                nn.initializers.constant(np.log(self.sigma0)),
-                (),
-                self.param_dtype,
-            )
-            result = krause_attention(
-                q,
-                k,
-                v,
-                sigma=jnp.exp(log_sigma.astype(jnp.float32)),
-                neighborhood=self.neighborhood,
-                top_k=self.top_k,
-                impl=self.impl,
-                return_weights=return_weights,
-            )
-        elif self.attention == "softmax":
-            result = softmax_attention(q, k, v, return_weights=return_weights)
-        else:
-            raise ValueError(f"attention must be one of {ATTENTIONS}, got {self.attention!r}.")
-        out, weights = result if return_weights else (result, None)
-        out = scaled_dense(dense(width, name="out"), out.reshape(batch, n, width), branch_scale)
-        return nn.Dropout(self.dropout_rate, deterministic=not train)(out), weights
-
-
 class EncoderBlock(nn.Module):
-    """Attention + MLP with residuals, pre-LN (`post_ln=False`) or post-LN (`post_ln=True`)."""
+    """Attention + MLP with residuals and drop-path, pre-LN (`post_ln=False`) or post-LN."""
 
-    attention_fn: Callable[..., SelfAttention]  # partial(SelfAttention, ...) without name
+    attention: MultiHeadAttention
     mlp_dim: int
     post_ln: bool = False
     layer_norm_eps: float = 1e-6
@@ -171,28 +89,17 @@ class EncoderBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        attn = self.attention_fn(name="attention")
         mlp = Mlp(self.mlp_dim, None, self.dropout_rate, self.dtype, self.param_dtype, name="mlp")
-        drop_path = DropPath(self.drop_path_rate)
-        # Drop-path multiplies each branch's last Dense input (`scaled_dense`), not its output.
-        scales = (None, None)
-        if train and self.drop_path_rate > 0:
-            scales = (drop_path.branch_scale(x), drop_path.branch_scale(x))
+        drop = nn.Dropout(self.dropout_rate, deterministic=not train)
+        drop_path = functools.partial(DropPath(self.drop_path_rate), train=train)
+        attend = lambda y: drop(self.attention(y, sow_weights=self.capture))
         if self.post_ln:
-            y, weights = attn(x, train=train, return_weights=self.capture, branch_scale=scales[0])
-            x = norm(name="norm1")(x + y)
-            x = norm(name="norm2")(x + mlp(x, train=train, branch_scale=scales[1]))
+            x = norm(name="norm1")(x + drop_path(attend(x)))
+            x = norm(name="norm2")(x + drop_path(mlp(x, train=train)))
         else:
-            y, weights = attn(
-                norm(name="norm1")(x),
-                train=train,
-                return_weights=self.capture,
-                branch_scale=scales[0],
-            )
-            x = x + y
-            x = x + mlp(norm(name="norm2")(x), train=train, branch_scale=scales[1])
+            x = x + drop_path(attend(norm(name="norm1")(x)))
+            x = x + drop_path(mlp(norm(name="norm2")(x), train=train))
         if self.capture:
-            self.sow("intermediates", "attention_weights", weights)
             self.sow("intermediates", "hidden", x)
         return x
 
@@ -308,9 +215,8 @@ class ViT(nn.Module):
         nb = self.neighborhood()
         drop_path = np.linspace(0.0, self.resolved_drop_path_rate(), self.depth)
         for i, top_k in enumerate(self.top_k_per_layer()):
-            attention_fn = functools.partial(
-                SelfAttention,
-                heads=self.heads,
+            attention = MultiHeadAttention(
+                self.heads,
                 attention=self.attention,
                 neighborhood=nb,
                 top_k=top_k,
@@ -318,12 +224,13 @@ class ViT(nn.Module):
                 rope_grid=self.grid if self.rope else None,
                 rope_base=self.rope_base,
                 impl=self.attention_impl,
-                dropout_rate=self.dropout_rate,
+                kernel_init=dense_init,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
+                parent=None,  # adopted by the block as its `attention`
             )
             x = EncoderBlock(
-                attention_fn,
+                attention,
                 self.mlp_dim,
                 post_ln=self.post_ln,
                 layer_norm_eps=self.resolved_layer_norm_eps(),
@@ -351,8 +258,8 @@ class ViT(nn.Module):
 
 
 # ----------------------------------------------------------------------------------------------
-# Registry: vit_* default to softmax attention, kvit_* to Krause attention; any field can be
-# overridden, e.g. get_model("vit_t4", attention="krause", depth=2, width=32, heads=2, mlp_dim=64).
+# Registry: vit_* are softmax ViTs, kvit_* Krause ViTs (the name fixes the attention); any other
+# field can be overridden, e.g. get_model("kvit_t4", depth=2, width=32, heads=2, mlp_dim=64).
 
 _SIZES = {
     "t": dict(width=192, depth=12, heads=3, mlp_dim=768),
@@ -373,11 +280,7 @@ def _factory(attention: str, size: str, patch: int) -> Callable[..., ViT]:
     else:
         defaults = dict(_IMAGENET, patch_size=patch, sigma0=_IMAGENET_SIGMA0[size])
     defaults.update(_SIZES[size], attention=attention)
-
-    def build(**overrides) -> ViT:
-        return ViT(**{**defaults, **overrides})
-
-    return build
+    return functools.partial(ViT, **defaults)
 
 
 _VARIANTS = (("t", 4), ("s", 4), ("b", 4), ("s", 16), ("s", 32), ("b", 16), ("b", 32))
