@@ -21,7 +21,9 @@ from krause.data import (
     make_eval_batches,
     make_train_iterator,
     num_eval_batches,
+    num_train_examples,
     prepare,
+    split_indices,
 )
 from krause.data import augment as aug
 from krause.data.mixing import mix_batch, one_hot
@@ -398,6 +400,88 @@ def test_eval_images_are_normalised_with_dataset_statistics():
     expected = (images / 255.0 - 0.1307) / 0.3081
     np.testing.assert_allclose(batch["image"], expected, rtol=1e-5, atol=1e-6)
     assert batch["image"].dtype == np.float32 and batch["label"].dtype == np.int32
+
+
+# ----------------------------------------------------------------------------- validation part
+
+
+def _stream_ids(config, source, seed: int, steps: int) -> list[int]:
+    it = make_train_iterator(config, seed=seed, process_index=0, process_count=1, source=source)
+    return [i for batch in _take(it, steps) for i in _ids(batch)]
+
+
+def _validation_ids(config, source, process_count: int = 1) -> list[int]:
+    ids = []
+    for index in range(process_count):
+        for batch in make_eval_batches(
+            config,
+            split="validation",
+            process_index=index,
+            process_count=process_count,
+            source=source,
+        ):
+            ids += [i for i, m in zip(_ids(batch), batch["mask"], strict=True) if m]
+    return ids
+
+
+@pytest.mark.parametrize(("n", "validation_size"), [(40, 7), (23, 1), (30, 29)])
+def test_validation_part_is_held_out_of_the_train_stream(n, validation_size):
+    source = _indexed_source(n)
+    config = _tokens_config(global_batch=4, eval_batch=4)
+    config.validation_size = validation_size
+    # The documented fixed subset: the last V of RandomState(0)'s permutation, for every seed.
+    expected = set(np.random.RandomState(0).permutation(n)[n - validation_size :].tolist())
+    validation = _validation_ids(config, source)
+    assert len(validation) == validation_size and set(validation) == expected
+    assert sorted(_validation_ids(config, source, process_count=2)) == sorted(validation)
+    train_size = n - validation_size
+    steps = -(-2 * train_size // 4)  # Two epochs of the reduced split.
+    for seed in (0, 1, 3407):
+        ids = _stream_ids(config, source, seed, steps)
+        assert sorted(ids[:train_size]) == sorted(set(range(n)) - expected)  # One epoch.
+        assert not set(ids) & expected
+        assert ids == _stream_ids(config, source, seed, steps)  # Deterministic.
+    train, held_out = split_indices(n, validation_size)
+    assert (len(train), len(held_out)) == (train_size, validation_size)
+    assert set(held_out.tolist()) == expected and not set(train.tolist()) & expected
+    assert _validation_ids(config, source) == validation  # Deterministic.
+
+
+def test_validation_examples_are_preprocessed_for_evaluation(monkeypatch):
+    _shrink(monkeypatch, "cifar10", 24, 5)
+    source = _indexed_source(24)
+    config = default_input_config("cifar10", "cifar")
+    config.update(validation_size=5, eval_batch_size=5, num_threads=1)
+    assert num_train_examples(config) == 19
+    (batch,) = make_eval_batches(
+        config, split="validation", process_index=0, process_count=1, source=source
+    )
+    _, held_out = split_indices(24, 5)
+    info = get_dataset_info("cifar10")
+    images = np.stack([source[i]["image"] for i in held_out])
+    expected = (images / 255.0 - np.asarray(info.mean)) / np.asarray(info.std)
+    np.testing.assert_allclose(batch["image"], expected, rtol=1e-5, atol=1e-5)  # No augmentation.
+    np.testing.assert_array_equal(batch["label"], [source[i]["label"] for i in held_out])
+    assert batch["mask"].all() and "soft_label" not in batch
+
+
+def test_validation_config_errors():
+    source = _indexed_source(10)
+    config = _tokens_config()
+    with pytest.raises(ValueError, match="validation_size > 0"):
+        make_eval_batches(config, split="validation", process_index=0, process_count=1)
+    with pytest.raises(ValueError, match="'train'"):
+        make_eval_batches(config, split="train", process_index=0, process_count=1)
+    config.validation_size = 10
+    with pytest.raises(ValueError, match=r"validation_size 10 must be in \[0, 10\)"):
+        make_train_iterator(config, seed=0, process_index=0, process_count=1, source=source)
+    config.validation_size = -1
+    with pytest.raises(ValueError, match="validation_size must be an integer >= 0"):
+        make_train_iterator(config, seed=0, process_index=0, process_count=1, source=source)
+    config = default_input_config("imagenet2012", "imagenet")
+    config.rand_augment_magnitude = 31
+    with pytest.raises(ValueError, match="rand_augment_magnitude"):
+        make_train_iterator(config, seed=0, process_index=0, process_count=1, source=source)
 
 
 # ----------------------------------------------------------------------------- mixing
