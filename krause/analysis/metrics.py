@@ -242,7 +242,16 @@ def layer_series(
     _, state = model.clone(capture=True).apply(
         {"params": params}, inputs, mutable=["intermediates"], **kwargs
     )
-    layers = captured_layers(state["intermediates"])
+    return series_from_intermediates(state["intermediates"], threshold, exclude_first_token)
+
+
+def series_from_intermediates(
+    intermediates: Mapping,
+    threshold: float = DEFAULT_CLUSTER_THRESHOLD,
+    exclude_first_token: bool = False,
+) -> dict[str, Any]:
+    """`layer_series` of an already captured "intermediates" collection (same return value)."""
+    layers = captured_layers(intermediates)
     series: dict[str, Any] = {"names": layers["names"], "threshold": threshold}
     per_layer = [
         token_metrics(t[:, 1:] if exclude_first_token else t, threshold) for t in layers["tokens"]
