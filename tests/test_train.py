@@ -378,6 +378,90 @@ def test_sigma_metrics_per_layer_and_per_head():
 # ------------------------------------------------------------------------------ bad input
 
 
+NAN = float("nan")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"lr": -1.0}, "config.lr=-1.0 is not allowed: the peak learning rate must be > 0"),
+        ({"lr": 0.0}, "config.lr=0.0 is not allowed"),
+        ({"lr": NAN}, "config.lr=nan is not allowed"),
+        ({"wd": -0.1}, "config.wd=-0.1 is not allowed: weight decay must be >= 0"),
+        ({"adam.b1": 1.0}, r"config.adam.b1=1.0 is not allowed: it must be in \[0, 1\)"),
+        ({"adam.b2": -0.5}, r"config.adam.b2=-0.5 is not allowed"),
+        ({"adam.eps": 0.0}, "config.adam.eps=0.0 is not allowed"),
+        ({"dtype": "float16"}, "config.dtype='float16' is not allowed: one of float32, bfloat16"),
+        ({"grad_clip_norm": 0.0}, "config.grad_clip_norm=0.0 is not allowed: a norm > 0, or None"),
+        ({"log_every_steps": 0}, "config.log_every_steps=0 is not allowed"),
+        ({"keep_checkpoints": 0}, "config.keep_checkpoints=0 is not allowed"),
+        ({"total_steps": 0}, "config.total_steps=0 is not allowed: the run's length must be > 0"),
+        ({"total_steps": None, "total_epochs": -2.0}, "config.total_epochs=-2.0 is not allowed"),
+        (
+            {"total_steps": None, "total_epochs": None},
+            "config.total_steps and config.total_epochs are both None",
+        ),
+        ({"warmup_steps": -1}, "config.warmup_steps=-1 is not allowed: warm-up must be >= 0"),
+        ({"warmup_steps": 5}, "config.warmup_steps=5 is not allowed: .* total_steps=4"),
+        ({"warmup_fraction": 1.5}, "config.warmup_fraction=1.5 is not allowed"),
+        ({"eval_every_steps": 0}, "config.eval_every_steps=0 is not allowed: a period must be > 0"),
+        ({"checkpoint_every_epochs": -1.0}, "config.checkpoint_every_epochs=-1.0 is not allowed"),
+        ({"eval_every_fraction": 2.0}, "config.eval_every_fraction=2.0 is not allowed"),
+        ({"grad_accum_steps": 0}, "config.grad_accum_steps=0 is not allowed"),
+        ({"grad_accum_steps": 3}, "config.grad_accum_steps=3 is not allowed: .*_size=8 into"),
+        ({"input.global_batch_size": 0}, "config.input.global_batch_size=0 is not allowed"),
+        ({"input.eval_batch_size": -16}, "config.input.eval_batch_size=-16 is not allowed"),
+    ],
+)
+def test_invalid_config_values_are_clear_errors(overrides, message):
+    config = build_config(*CLASSIFICATION)
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=message):
+        tc.validate_config(config)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "kwargs", "message"),
+    [  # batch 8, eval batch 16, 24 training examples
+        ({}, {"num_devices": 3}, "global_batch_size=8 .* of 8 examples .* over the 3 devices"),
+        ({"grad_accum_steps": 2}, {"num_devices": 8}, "micro-batch.* of 4 examples .* 8 devices"),
+        ({"input.global_batch_size": 32}, {"num_devices": 32}, "eval_batch_size=16 .* 32 devices"),
+        (
+            {"total_steps": None, "total_epochs": 0.2},
+            {"num_train": 24},
+            "total_epochs=0.2 is not allowed: it is 0 steps",
+        ),
+        (
+            {"warmup_steps": None, "warmup_epochs": 2.0},
+            {"num_train": 24},
+            "warm-up of 6 steps .* exceeds the 4 steps",
+        ),
+        ({"eval_every_steps": None, "eval_every_epochs": 0.1}, {"num_train": 24}, "0 steps"),
+    ],
+)
+def test_config_values_checked_against_devices_and_dataset(overrides, kwargs, message):
+    config = build_config(*CLASSIFICATION)
+    config.update_from_flattened_dict(overrides)
+    with pytest.raises(ValueError, match=message):
+        tc.validate_config(config, **kwargs)
+
+
+def test_valid_configs_pass_validation():
+    tc.validate_config(build_config(*CLASSIFICATION), num_devices=8, num_train=60_000)
+    tc.validate_config(build_config(*PIXELS), num_devices=2, num_train=60_000)  # 2 x 2 examples
+    config = build_config(*CLASSIFICATION)
+    config.update_from_flattened_dict({"grad_clip_norm": None, "warmup_steps": 4, "wd": 0.0})
+    tc.validate_config(config, num_devices=2, num_train=24)
+
+
+def test_training_with_a_negative_learning_rate_fails_before_any_work(tmp_path):
+    config = build_config(*CLASSIFICATION)
+    config.lr = -1.0
+    with pytest.raises(ValueError, match=r"config.lr=-1.0 is not allowed"):
+        train_and_evaluate(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
 def test_unknown_model_is_a_clear_error(tmp_path):
     config = build_config(*CLASSIFICATION)
     config.model_name = "vit_huge"

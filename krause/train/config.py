@@ -22,6 +22,7 @@ import dataclasses
 import difflib
 import importlib.util
 import logging
+import math
 import pathlib
 import typing
 from typing import Any
@@ -160,6 +161,108 @@ def resolve_steps(
     if total_steps is None:
         raise ValueError(f"{prefix}_fraction needs the total number of steps.")
     return int(value * total_steps)
+
+
+# ------------------------------------------------------------------------------ validation
+
+DTYPE_NAMES = ("float32", "bfloat16")
+_PERIODS = ("eval_every", "checkpoint_every")
+
+
+def validate_config(
+    config: ConfigDict, *, num_devices: int = 1, num_train: int | None = None
+) -> None:
+    """Raises ValueError naming the first field whose value is not allowed, the value and what
+    is allowed; call before any work. With `num_train` (training examples), durations given in
+    epochs are checked as steps too (a run of >= 1 step, warm-up not beyond it)."""
+
+    def check(ok: bool, name: str, allowed: str) -> None:
+        if not ok:
+            value = config[name] if "." not in name else config.input[name.split(".", 1)[1]]
+            raise ValueError(f"config.{name}={value!r} is not allowed: {allowed}.")
+
+    finite = math.isfinite
+    check(finite(config.lr) and config.lr > 0, "lr", "the peak learning rate must be > 0")
+    check(finite(config.wd) and config.wd >= 0, "wd", "weight decay must be >= 0")
+    for beta in ("b1", "b2"):
+        value = config.adam[beta]
+        if not 0 <= value < 1:
+            raise ValueError(f"config.adam.{beta}={value!r} is not allowed: it must be in [0, 1).")
+    if not config.adam.eps > 0:
+        raise ValueError(f"config.adam.eps={config.adam.eps!r} is not allowed: it must be > 0.")
+    check(config.dtype in DTYPE_NAMES, "dtype", f"one of {', '.join(DTYPE_NAMES)}")
+    clip = config.grad_clip_norm
+    check(clip is None or clip > 0, "grad_clip_norm", "a norm > 0, or None for no clipping")
+    check(config.log_every_steps >= 1, "log_every_steps", "it must be >= 1")
+    check(config.keep_checkpoints >= 1, "keep_checkpoints", "at least 1 checkpoint is kept")
+
+    # Durations.
+    if config.total_steps is None and config.total_epochs is None:
+        raise ValueError("config.total_steps and config.total_epochs are both None: set one (> 0).")
+    for name in ("total_steps", "total_epochs"):
+        check(config[name] is None or config[name] > 0, name, "the run's length must be > 0")
+    for unit in ("steps", "epochs", "fraction"):
+        name = f"warmup_{unit}"
+        check(config[name] is None or config[name] >= 0, name, "warm-up must be >= 0")
+        for prefix in _PERIODS:
+            name = f"{prefix}_{unit}"
+            check(config[name] is None or config[name] > 0, name, "a period must be > 0")
+    for name in ("warmup_fraction", *(f"{p}_fraction" for p in _PERIODS)):
+        check(config[name] is None or config[name] <= 1, name, "a fraction of the run is <= 1")
+
+    warmup, total = config.warmup_steps, config.total_steps
+    check(
+        warmup is None or total is None or warmup <= total,
+        "warmup_steps",
+        f"warm-up cannot exceed the run's total_steps={total}",
+    )
+
+    # Batch sizes.
+    batch, accum = config.input.global_batch_size, config.grad_accum_steps
+    check(batch >= 1, "input.global_batch_size", "it must be >= 1")
+    check(accum >= 1, "grad_accum_steps", "it must be >= 1")
+    check(
+        batch % accum == 0,
+        "grad_accum_steps",
+        f"it must divide input.global_batch_size={batch} into equal micro-batches",
+    )
+    check(
+        (batch // accum) % num_devices == 0,
+        "input.global_batch_size",
+        f"each of the {accum} micro-batch(es) of {batch // accum} examples must split evenly"
+        f" over the {num_devices} devices",
+    )
+    eval_batch = config.input.eval_batch_size
+    check(eval_batch >= 1, "input.eval_batch_size", "it must be >= 1")
+    check(
+        eval_batch % num_devices == 0,
+        "input.eval_batch_size",
+        f"it must split evenly over the {num_devices} devices",
+    )
+
+    if num_train is not None:
+        steps_per_epoch = num_train / batch
+        total = resolve_steps(config, "total", steps_per_epoch=steps_per_epoch)
+        if total < 1:
+            raise ValueError(
+                f"config.total_epochs={config.total_epochs!r} is not allowed: it is {total} steps"
+                f" of {batch} examples ({num_train} training examples); the run needs >= 1 step."
+            )
+        warmup = resolve_steps(config, "warmup", steps_per_epoch=steps_per_epoch, total_steps=total)
+        for prefix in _PERIODS:
+            period = resolve_steps(
+                config, prefix, steps_per_epoch=steps_per_epoch, total_steps=total
+            )
+            if period == 0:
+                raise ValueError(
+                    f"config.{prefix}_* is not allowed: it resolves to 0 steps of {batch} examples"
+                    f" ({num_train} training examples); a period must be >= 1 step."
+                )
+        if warmup is not None and warmup > total:
+            raise ValueError(
+                f"warm-up of {warmup} steps (config.warmup_*) is not allowed: it exceeds the"
+                f" {total} steps of the run."
+            )
 
 
 # ------------------------------------------------------------------------------ config files

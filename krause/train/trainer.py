@@ -41,9 +41,9 @@ from krause import data as kdata
 from krause.metrics import create_metric_writer, read_metrics
 from krause.models import get_model
 from krause.train import optim, tasks
-from krause.train.config import resolve_steps
+from krause.train.config import DTYPE_NAMES, resolve_steps, validate_config
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -54,13 +54,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     """
     # ------------------------------------------------------------------ setup
     maybe_initialize_distributed(config)
+    info = kdata.get_dataset_info(config.input.dataset)
+    validate_config(config, num_devices=jax.device_count(), num_train=info.num_train)
     workdir = pathlib.Path(workdir).expanduser().absolute()  # orbax needs absolute paths
     is_main = jax.process_index() == 0
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
     task = tasks.task_of(config.input)
-    info = kdata.get_dataset_info(config.input.dataset)
     model = build_model(config, info, task)
     check_dataset_prepared(config.input)
     train_source = test_source = None  # None: the pipeline reads the prepared tfds splits
@@ -80,18 +81,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     batch_size = config.input.global_batch_size  # examples per optimizer step
     micro_input = config.input.copy_and_resolve_references()
     micro_input.global_batch_size = batch_size // accum
-    check_batch_sizes(batch_size, accum, config.input.eval_batch_size)
     steps_per_epoch = info.num_train / batch_size
     total_steps = resolve_steps(config, "total", steps_per_epoch=steps_per_epoch)
-    if not total_steps:
-        raise ValueError("Set config.total_steps or config.total_epochs (> 0).")
     durations = {
         name: resolve_steps(config, name, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
         for name in ("warmup", "eval_every", "checkpoint_every")
     }
     warmup_steps = durations["warmup"] or 0
-    if warmup_steps > total_steps:
-        raise ValueError(f"{warmup_steps} warm-up steps exceed the {total_steps} steps of the run.")
     eval_every = durations["eval_every"] or total_steps
     checkpoint_every = durations["checkpoint_every"] or total_steps
     logging.info(
@@ -307,21 +303,8 @@ def _read(source, keys: list[int]) -> list[dict]:
         return [source[key] for key in keys]
 
 
-def check_batch_sizes(batch_size: int, accum: int, eval_batch_size: int) -> None:
-    if accum < 1 or batch_size % accum:
-        raise ValueError(
-            f"global_batch_size {batch_size} does not split into {accum} micro-batches."
-        )
-    devices = jax.device_count()
-    for name, size in (("micro-batch", batch_size // accum), ("eval_batch_size", eval_batch_size)):
-        if size % devices:
-            raise ValueError(f"{name} {size} is not divisible by the {devices} devices.")
-
-
 def build_model(config, info: kdata.DatasetInfo, task: str):
     """The registered model with `config.model` fields and `config.dtype`; checks the dataset."""
-    if config.dtype not in DTYPES:
-        raise ValueError(f"config.dtype must be one of {sorted(DTYPES)}, got {config.dtype!r}.")
     model = get_model(config.model_name, **config.model.to_dict(), dtype=DTYPES[config.dtype])
     if task == "classification":
         if getattr(model, "num_classes", None) != info.num_classes:
