@@ -8,8 +8,10 @@ magnitudes, sizes and constants are never taken from the code under test.
 
 from __future__ import annotations
 
+import gzip
 import inspect
 import math
+import pathlib
 
 import numpy as np
 import pytest
@@ -67,6 +69,19 @@ def test_normalisation_constants():
         assert info.std == (0.2023, 0.1994, 0.2010)
     imagenet = get_dataset_info("imagenet2012")
     assert imagenet.mean == (0.485, 0.456, 0.406) and imagenet.std == (0.229, 0.224, 0.225)
+    mnist = get_dataset_info("mnist")
+    assert (mnist.mean, mnist.std) == ((0.1307,), (0.3081,))
+
+
+def test_fashion_mnist_constants_are_its_training_statistics():
+    path = pathlib.Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
+    if not path.exists():
+        pytest.skip(f"{path} missing (apt-get install dataset-fashion-mnist)")
+    pixels = np.frombuffer(gzip.decompress(path.read_bytes())[16:], np.uint8) / 255.0
+    assert pixels.size == 60_000 * 28 * 28
+    info = get_dataset_info("fashion_mnist")
+    np.testing.assert_allclose(info.mean, [pixels.mean()], atol=5e-5)
+    np.testing.assert_allclose(info.std, [pixels.std()], atol=5e-5)
 
 
 # ----------------------------------------------------------------------------- RandAugment
