@@ -14,6 +14,13 @@ Families:
   model:  the sizes the models train at: 8x8+1 (radius-1 Manhattan, top_k 4) and 14x14+1
           (5x5 Chebyshev, top_k 12).
 
+On an accelerator (GPU / TPU) the table adds krause/pallas (the fused kernel) and
+jax.nn.dot_product_attention (cuDNN where XLA picks it), and per row: achieved bandwidth against
+the HBM-traffic floor (reading q, k, v and writing the output once forward, reading q, k, v, out,
+d_out and writing dq, dk, dv once backward) and achieved FLOP/s of the useful attention math
+(QK^T and PV over the keys a query needs, forward and backward), both against the device's peak
+(`DEVICE_PEAKS`). On the CPU these columns are skipped (it says so).
+
 Usage:
   python scripts/bench_attention.py                 # full table (~25 min on 2 CPU cores)
   python scripts/bench_attention.py --quick         # small sizes only (~1 min)
@@ -42,6 +49,7 @@ from krause.attention import (
     causal_window,
     dense_mask,
     grid_neighborhood,
+    index_table,
     krause_attention,
     kth_largest,
     resolve_impl,
@@ -49,6 +57,36 @@ from krause.attention import (
 )
 
 SIGMA = 2.5
+# Peak HBM bandwidth (bytes/s) and dense float32 FLOP/s (full-precision tensor-core-free math,
+# the precision the kernels use) of known devices, matched on `device_kind`; others: no ratio.
+DEVICE_PEAKS = {
+    "H200": (4.8e12, 67e12),
+    "H100": (3.35e12, 67e12),
+    "A100": (2.0e12, 19.5e12),
+    "TPU v5 lite": (8.2e11, 197e12),
+    "TPU v4": (1.2e12, 275e12),
+}
+
+
+def on_accelerator() -> bool:
+    return jax.default_backend() in ("gpu", "tpu")
+
+
+def accelerator_columns(case: Case, method: str, batch: int, heads: int, dim: int, t: float):
+    """Achieved HBM bandwidth (traffic floor / t) and useful FLOP/s, and their share of peak."""
+    n = case.nb.length
+    floor_bytes = 4 * batch * n * heads * dim * (4 + 8)  # float32; forward 4, backward 8 arrays
+    if method.startswith("krause/") and method != "krause/dense":
+        keys = float(np.mean(np.sum(index_table(case.nb) >= 0, axis=1)))  # neighbourhood size
+    else:
+        keys = (n + 1) / 2 if case.causal else n
+    flops = 2 * batch * heads * n * keys * dim * (2 + 4)  # 2 matmuls forward, 4 backward
+    cols = dict(gb_per_s=floor_bytes / t / 1e9, tflop_per_s=flops / t / 1e12)
+    kind = jax.devices()[0].device_kind
+    peak = next((p for name, p in DEVICE_PEAKS.items() if name in kind), None)
+    if peak:
+        cols |= dict(hbm_pct=100 * floor_bytes / t / peak[0], flop_pct=100 * flops / t / peak[1])
+    return cols
 
 
 @dataclasses.dataclass
@@ -97,13 +135,18 @@ def methods(case: Case) -> dict[str, Callable]:
         )
     )
     out = {"krause/auto": krause("auto")}
-    for impl in ("stencil", "banded", "blocked", "gather", "dense"):
+    impls = ("stencil", "banded", "blocked", "gather", "dense")
+    for impl in impls + (("pallas",) if on_accelerator() else ()):
         try:
             resolve_impl(impl, nb)
         except ValueError:
             continue
         out[f"krause/{impl}"] = krause(impl)
     out["softmax"] = lambda q, k, v, s: softmax_attention(q, k, v, causal=case.causal)
+    if on_accelerator():
+        out["dot_product_attention"] = lambda q, k, v, s: jax.nn.dot_product_attention(
+            q, k, v, is_causal=case.causal
+        )
     mask = jnp.asarray(dense_mask(nb)) if nb.length <= 20_000 else None
     out["dense-masked (release)"] = lambda q, k, v, s: dense_masked_release(
         q, k, v, jnp.exp(s), mask, top_k
@@ -210,6 +253,8 @@ def run(args) -> list[dict]:
             if row["method"] in seconds:
                 t = seconds[row["method"]]
                 row |= dict(ms=1e3 * t, ms_per_example=1e3 * t / row["batch"])
+                if on_accelerator():
+                    row |= accelerator_columns(case, row["method"], row["batch"], heads, dim, t)
                 last[(case.family, row["method"])] = (n, t / row["batch"])
             print(_fmt_row(row), flush=True)
         rows += case_rows
@@ -249,9 +294,14 @@ def growth_interleaved(args) -> list[str]:
 def _fmt_row(row: dict) -> str:
     if "skipped" in row:
         return f"{row['size']:>9} {row['method']:<24} skipped: {row['skipped']}"
+    extra = ""
+    if "gb_per_s" in row:
+        extra = f"  {row['gb_per_s']:>8.0f} GB/s  {row['tflop_per_s']:>7.2f} TFLOP/s"
+        if "hbm_pct" in row:
+            extra += f" ({row['hbm_pct']:.0f}% HBM, {row['flop_pct']:.0f}% FLOP peak)"
     return (
         f"{row['size']:>9} {row['method']:<24} batch {row['batch']:>2} "
-        f"{row['ms']:>10.1f} ms  {row['peak_mb']:>9.0f} MB"
+        f"{row['ms']:>10.1f} ms  {row['peak_mb']:>9.0f} MB" + extra
     )
 
 
@@ -332,6 +382,11 @@ def main():
         args.grids, args.lengths, args.repeats = "8,16,32", "784,1024", 3
     info = machine()
     print(f"machine: {info}")
+    if not on_accelerator():
+        print(
+            "no accelerator: krause/pallas, dot_product_attention and the device-time, "
+            "HBM-bandwidth and FLOP/s columns are skipped"
+        )
     if args.growth:
         result = dict(growth=growth_interleaved(args))
     else:

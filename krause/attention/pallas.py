@@ -183,13 +183,19 @@ def _neighbor_mask(nb: Neighborhood, q_idx: jax.Array, k_idx: jax.Array) -> jax.
     return inside & (lag >= 0) & (lag < nb.window)
 
 
+def _dot(a: jax.Array, b: jax.Array, trans_a: bool = False, trans_b: bool = False) -> jax.Array:
+    """float32 2-D matmul at full float32 precision (no TF32 on GPUs), optionally transposed."""
+    dims = (((0 if trans_a else 1,), (1 if trans_b else 0,)), ((), ()))
+    return lax.dot_general(a, b, dims, precision=_HIGHEST, preferred_element_type=_F32)
+
+
 def _scores(q2: jax.Array, kc: jax.Array, sqk: jax.Array, inv: jax.Array):
     """(s, base): base = 2 q.k - ||k||^2 [bq, bk] and s = base * inv; q2 = 2 q (centred).
 
     The same three IEEE operations everywhere (a materialised dot, a subtraction, a product), so
     the forward and backward kernels see bit-identical scores.
     """
-    base = pl.dot(q2, kc, trans_b=True, precision=_HIGHEST) - sqk
+    base = _dot(q2, kc, trans_b=True) - sqk
     return base * inv, base
 
 
@@ -313,7 +319,7 @@ def _forward_kernel(*refs, cfg: _Config):
         alpha = jnp.exp(m - m_safe)
         p = jnp.where(keep, jnp.exp(s - m_safe), 0.0)
         total = alpha * total + jnp.sum(p, axis=1, keepdims=True)
-        acc = alpha * acc + pl.dot(p, blk.values(), precision=_HIGHEST)
+        acc = alpha * acc + _dot(p, blk.values())
         m = m_new
     empty = total == 0.0  # padding rows only: every real query sees itself
     o_ref[...] = (acc / jnp.where(empty, 1.0, total)).astype(o_ref.dtype)
@@ -352,16 +358,16 @@ def _dq_kernel(*refs, cfg: _Config):
         s, base = blk.scores()
         p = _probabilities(s, blk.valid(), lse, thr, cfg.top_k)
         values, keys = blk.values(), blk.keys()
-        dp = pl.dot(do, values, trans_b=True, precision=_HIGHEST)
+        dp = _dot(do, values, trans_b=True)
         ds = p * (dp - delta)
-        dq = dq + pl.dot(ds, keys, precision=_HIGHEST)
+        dq = dq + _dot(ds, keys)
         dinv = dinv + jnp.sum(ds * base, axis=1, keepdims=True)
         if blk.is_global:
             dkg_ref, dvg_ref = outs[2:]
-            dk = pl.dot(ds, qc, trans_a=True, precision=_HIGHEST)
+            dk = _dot(ds, qc, trans_a=True)
             dk = dk - jnp.sum(ds, axis=0)[:, None] * keys
             dkg_ref[...] = (2.0 * inv * dk).astype(dkg_ref.dtype)
-            dvg_ref[...] = pl.dot(p, do, trans_a=True, precision=_HIGHEST).astype(dvg_ref.dtype)
+            dvg_ref[...] = _dot(p, do, trans_a=True).astype(dvg_ref.dtype)
     dq_ref[...] = (2.0 * inv * dq).astype(dq_ref.dtype)
     dinv_ref[...] = dinv.reshape(1, bq)
 
@@ -387,9 +393,9 @@ def _dkv_kernel(*refs, cfg: _Config):
         lse, thr, delta = (r[0, rows][:, None] for r in (lse_ref, thr_ref, delta_ref))
         p = _probabilities(s, valid, lse, thr, cfg.top_k)
         do = do_ref[rows, :].astype(_F32)
-        ds = p * (pl.dot(do, values, trans_b=True, precision=_HIGHEST) - delta)
-        dv = dv + pl.dot(p, do, trans_a=True, precision=_HIGHEST)
-        dk = dk + pl.dot(ds, qc, trans_a=True, precision=_HIGHEST)
+        ds = p * (_dot(do, values, trans_b=True) - delta)
+        dv = dv + _dot(p, do, trans_a=True)
+        dk = dk + _dot(ds, qc, trans_a=True)
         dk = dk - jnp.sum(ds, axis=0)[:, None] * kc
     dk_ref[...] = (2.0 * inv * dk).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
