@@ -324,9 +324,9 @@ def _forward_kernel(*refs, cfg: _Config):
     empty = total == 0.0  # padding rows only: every real query sees itself
     o_ref[...] = (acc / jnp.where(empty, 1.0, total)).astype(o_ref.dtype)
     lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, total)))
-    lse_ref[...] = lse.reshape(1, bq)
+    lse_ref[...] = lse
     thr = jnp.full((bq, 1), -jnp.inf, _F32) if threshold is None else threshold
-    thr_ref[...] = thr.reshape(1, bq)
+    thr_ref[...] = thr
 
 
 def _probabilities(s, keep, lse, threshold, top_k):
@@ -348,7 +348,7 @@ def _dq_kernel(*refs, cfg: _Config):
     q2 = 2.0 * qc
     q_idx = b * bq + _arange(bq)[:, None]
     do = do_ref[...].astype(_F32)
-    lse, thr, delta = (r[...].reshape(bq, 1) for r in (lse_ref, thr_ref, delta_ref))
+    lse, thr, delta = (r[...] for r in (lse_ref, thr_ref, delta_ref))  # [bq, 1] each
     dq = jnp.zeros(qc.shape, _F32)
     dinv = jnp.zeros((bq, 1), _F32)
     blocks = _key_blocks(
@@ -369,7 +369,7 @@ def _dq_kernel(*refs, cfg: _Config):
             dkg_ref[...] = (2.0 * inv * dk).astype(dkg_ref.dtype)
             dvg_ref[...] = _dot(p, do, trans_a=True).astype(dvg_ref.dtype)
     dq_ref[...] = (2.0 * inv * dq).astype(dq_ref.dtype)
-    dinv_ref[...] = dinv.reshape(1, bq)
+    dinv_ref[...] = dinv
 
 
 def _dkv_kernel(*refs, cfg: _Config):
@@ -390,7 +390,7 @@ def _dkv_kernel(*refs, cfg: _Config):
         qc = q_ref[rows, :].astype(_F32) - centre
         s, _ = _scores(2.0 * qc, kc, sqk, inv)
         valid = _neighbor_mask(cfg.nb, start + _arange(bq)[:, None], k_idx) & (t < counts_ref[c])
-        lse, thr, delta = (r[0, rows][:, None] for r in (lse_ref, thr_ref, delta_ref))
+        lse, thr, delta = (r[rows, :] for r in (lse_ref, thr_ref, delta_ref))
         p = _probabilities(s, valid, lse, thr, cfg.top_k)
         do = do_ref[rows, :].astype(_F32)
         ds = p * (_dot(do, values, trans_b=True) - delta)
@@ -433,6 +433,15 @@ def _full(shape):
     return pl.BlockSpec(shape, lambda *_: (0,) * len(shape))
 
 
+def _table_spec(cfg: _Config, shape):
+    """A block table: read with scalar loads, so in SMEM on TPU (Mosaic), a plain ref elsewhere."""
+    if not cfg.interpret and jax.default_backend() == "tpu":
+        from jax.experimental.pallas import tpu as pltpu
+
+        return pl.BlockSpec(memory_space=pltpu.SMEM)
+    return _full(shape)
+
+
 def _per_head(*block):
     """BlockSpec of a whole per-head slice [BH, *block]."""
     return pl.BlockSpec((None, *block), lambda bh, _: (bh,) + (0,) * len(block))
@@ -442,8 +451,8 @@ def _shared_specs(cfg, table, counts, bh_shape):
     """In-specs of table, counts, inv, centre, and k, v, sqk over the whole padded length."""
     _, length, dp, dvp = bh_shape
     return [
-        _full(table.shape),
-        _full(counts.shape),
+        _table_spec(cfg, table.shape),
+        _table_spec(cfg, counts.shape),
         _per_head(1, 1),
         _per_head(1, dp),
     ], [_per_head(length, dp), _per_head(length, dvp), _per_head(1, length)]
@@ -456,9 +465,7 @@ def _global_specs(cfg, dp, dvp):
 
 
 def _q_block(*dims, cfg):
-    """BlockSpec of query block b: [BH, L, *dims] -> (bq, *dims) or [BH, 1, L] -> (1, bq)."""
-    if dims == ("row",):
-        return pl.BlockSpec((None, 1, cfg.block_q), lambda bh, b: (bh, 0, b))
+    """BlockSpec of query block b: [BH, L, *dims] -> (bq, *dims)."""
     return pl.BlockSpec((None, cfg.block_q, *dims), lambda bh, b: (bh, b, 0))
 
 
@@ -468,9 +475,9 @@ def _forward(cfg, q, k, v, kg, vg, inv, centre, sqk, sqkg):
     table, counts, _, _ = cfg.tables()
     head, kv = _shared_specs(cfg, table, counts, (bh, length, dp, dvp))
     in_specs = head + [_q_block(dp, cfg=cfg)] + kv + _global_specs(cfg, dp, dvp)
-    row = jax.ShapeDtypeStruct((bh, 1, length), _F32)
+    row = jax.ShapeDtypeStruct((bh, length, 1), _F32)  # per-query statistics
     out_shape = [jax.ShapeDtypeStruct((bh, length, dvp), q.dtype), row, row]
-    out_specs = [_q_block(dvp, cfg=cfg), _q_block("row", cfg=cfg), _q_block("row", cfg=cfg)]
+    out_specs = [_q_block(dvp, cfg=cfg), _q_block(1, cfg=cfg), _q_block(1, cfg=cfg)]
     args = [jnp.asarray(table), jnp.asarray(counts), inv, centre, q, k, v, sqk]
     args += [kg, vg, sqkg] if cfg.num_global else []
     grid = (bh, length // cfg.block_q)
@@ -482,16 +489,16 @@ def _backward(cfg, res, do):
     bh, length, dp = q.shape
     dvp = v.shape[-1]
     table, counts, table_t, counts_t = cfg.tables()
-    delta = jnp.sum(o.astype(_F32) * do.astype(_F32), axis=-1)[:, None, :]  # [BH, 1, L]
+    delta = jnp.sum(o.astype(_F32) * do.astype(_F32), axis=-1, keepdims=True)  # [BH, L, 1]
     q_blocks = length // cfg.block_q
 
     head, kv = _shared_specs(cfg, table, counts, (bh, length, dp, dvp))
-    row = _q_block("row", cfg=cfg)
+    row = _q_block(1, cfg=cfg)
     in_specs = head + [_q_block(dp, cfg=cfg)] + kv + _global_specs(cfg, dp, dvp)
     in_specs += [_q_block(dvp, cfg=cfg), row, row, row]
     out_shape = [
         jax.ShapeDtypeStruct((bh, length, dp), _F32),
-        jax.ShapeDtypeStruct((bh, 1, length), _F32),
+        jax.ShapeDtypeStruct((bh, length, 1), _F32),
     ]
     out_specs = [_q_block(dp, cfg=cfg), row]
     if cfg.num_global:
@@ -515,8 +522,8 @@ def _backward(cfg, res, do):
 
     key_block = lambda d: pl.BlockSpec((None, cfg.block_k, d), lambda i, c: (i, c, 0))
     in_specs = [
-        _full(table_t.shape),
-        _full(counts_t.shape),
+        _table_spec(cfg, table_t.shape),
+        _table_spec(cfg, counts_t.shape),
         _per_head(1, 1),
         _per_head(1, dp),
         _per_head(length, dp),
@@ -524,9 +531,9 @@ def _backward(cfg, res, do):
         key_block(dvp),
         pl.BlockSpec((None, 1, cfg.block_k), lambda i, c: (i, 0, c)),
         _per_head(length, dvp),
-        _per_head(1, length),
-        _per_head(1, length),
-        _per_head(1, length),
+        _per_head(length, 1),
+        _per_head(length, 1),
+        _per_head(length, 1),
     ]
     out_shape = [
         jax.ShapeDtypeStruct((bh, length, dp), _F32),
@@ -537,7 +544,7 @@ def _backward(cfg, res, do):
     grid = (bh, length // cfg.block_k)
     out_specs = [key_block(dp), key_block(dvp)]
     dk, dv = _call(_dkv_kernel, cfg, grid, in_specs, out_specs, out_shape, "krause_dkv")(*args)
-    dinv = jnp.sum(dinv_rows, axis=-1, keepdims=True)  # [BH, 1, 1]
+    dinv = jnp.sum(dinv_rows, axis=1, keepdims=True)  # [BH, 1, 1]
     cast = lambda x, like: x.astype(like.dtype)
     return (
         cast(dq, q),
