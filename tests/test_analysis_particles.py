@@ -188,3 +188,18 @@ def test_bad_config_is_rejected(overrides, match):
 def test_unknown_dynamics_is_rejected():
     with pytest.raises(ValueError, match="dynamics"):
         particles.simulate(np.ones((3, 2)) / np.sqrt(2), "linear", ParticleConfig())
+
+
+def test_cross_cluster_weight_closed_form():
+    # Two clusters of 3 coincident particles at chord distance d < radius. With top_k = 3 every
+    # particle keeps only its own cluster; with top_k = 4 the tie at the 4th score keeps all three
+    # of the other cluster, which then gets mass 3e / (3 + 3e), e = exp(-d^2 / (2 sigma^2)).
+    angle = 0.4
+    p, q = np.array([1.0, 0.0]), np.array([np.cos(angle), np.sin(angle)])
+    x = np.stack([p, p, p, q, q, q])
+    d = np.linalg.norm(p - q)
+    config = ParticleConfig(sigma=0.3, radius=0.5, top_k=3)
+    assert particles.max_cross_cluster_weight(x, config) == 0.0
+    e = np.exp(-(d**2) / (2 * 0.3**2))
+    got = particles.max_cross_cluster_weight(x, dataclasses.replace(config, top_k=4))
+    np.testing.assert_allclose(got, 3 * e / (3 + 3 * e), rtol=1e-5)
