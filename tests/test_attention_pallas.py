@@ -153,13 +153,14 @@ def test_block_tables_cover_every_neighbour_and_nothing_else(nb, block_q, block_
             assert row[-1] - row[0] + 1 == len(row)
 
 
-@pytest.mark.parametrize(("nb", "block_q", "block_k"), TABLE_CASES[:6])
-def test_in_kernel_neighbour_test_equals_brute_force(nb, block_q, block_k):
+@pytest.mark.parametrize("nb", [TABLE_CASES[i][0] for i in (0, 2, 5)])
+def test_in_kernel_neighbour_test_equals_brute_force(nb):
     """The index arithmetic the kernels use for the exact mask, on all pairs (plus padding)."""
     mask = _brute_force_local_mask(nb)
     n = mask.shape[0]
-    idx = jnp.arange(n + 5, dtype=jnp.int32)
-    got = np.asarray(kernel._neighbor_mask(nb, idx[:, None], idx[None, :]))
+    idx = np.arange(n + 5, dtype=np.int32)
+    neighbor_mask = jax.jit(kernel._neighbor_mask, static_argnums=0)
+    got = np.asarray(neighbor_mask(nb, idx[:, None], idx[None, :]))
     np.testing.assert_array_equal(got[:n, :n], mask)
     assert not got[n:].any() and not got[:, n:].any()
 
@@ -233,9 +234,12 @@ def test_dispatcher_runs_the_kernel(rng, fast_jit):
     out = run(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)))
     assert out.dtype == jnp.bfloat16
     rounded = [np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64) for x in (q, k, v)]
-    expected = krause_attention(
-        *rounded, sigma=sigma.astype(np.float64), neighborhood=nb, top_k=3, impl="reference"
+    reference = fast_jit(
+        lambda q, k, v: krause_attention(
+            q, k, v, sigma=sigma.astype(np.float64), neighborhood=nb, top_k=3, impl="reference"
+        )
     )
+    expected = reference(*rounded)
     np.testing.assert_allclose(np.asarray(out, np.float64), expected, atol=1e-2)
 
 
