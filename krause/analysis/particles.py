@@ -273,7 +273,9 @@ def run_all(config: ParticleConfig, sweeps: bool = True) -> dict:
                 "min_chord_gap_between_clusters": min_gap_between_clusters(
                     frames[-1], config.cluster_threshold
                 ),
-                "max_cross_cluster_krause_weight": max_cross_cluster_weight(frames[-1], config),
+                "max_cross_cluster_krause_weight": (
+                    max_cross_cluster_weight(frames[-1], config) if dynamics == "krause" else None
+                ),
                 "max_norm_error": float(np.abs(np.linalg.norm(frames, axis=-1) - 1).max()),
                 "simulation_seconds": round(seconds, 3),
                 "expected": "one cluster" if dynamics == "softmax" else "several clusters",
