@@ -2,13 +2,14 @@
 
     python -m krause.reproduce --list
     python -m krause.reproduce TABLE [--scale paper|reduced] [--seeds N] [--workdir_root DIR]
+    python -m krause.reproduce TABLE --rows vit_t4,kvit_t4 # run some rows, collect all
     python -m krause.reproduce TABLE --collect-only        # rebuild results/TABLE.{md,json}
     python -m krause.reproduce --update-readme             # README blocks from results/*.json
 
 A table is rows x seeds. A row is the paper's row name, a config spec ("configs/X.py:ARGS") and
 field overrides; seed i of a row sets `config.seed` to the config's seed + i (seed 0 is the
 recipe's 3407). Each run has its own workdir, `ROOT/TABLE/ROW/seed_S` (default ROOT:
-`runs/reproduce/SCALE`), and runs in this process through `krause.train.train_and_evaluate`:
+`workdirs/reproduce/SCALE`), and runs in this process through `krause.train.train_and_evaluate`:
 
 * a finished run (results.json present) is skipped, an unfinished one resumes from its latest
   checkpoint, so a table can be run in pieces and an interrupted invocation finishes with the
@@ -841,7 +842,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help="a table or analysis (see --list)")
     parser.add_argument("--scale", default="reduced", choices=SCALES)
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
-    parser.add_argument("--workdir_root", help="default runs/reproduce/SCALE")
+    parser.add_argument("--workdir_root", help="default workdirs/reproduce/SCALE")
+    parser.add_argument("--rows", help="run only these rows (comma separated); all are collected")
     parser.add_argument("--results_dir", default=str(RESULTS_DIR))
     parser.add_argument("--list", action="store_true", help="every table and analysis")
     parser.add_argument("--collect-only", action="store_true", help="only collect finished runs")
@@ -883,14 +885,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
 
     table = TABLES[args.name]
-    root = pathlib.Path(args.workdir_root or f"runs/reproduce/{args.scale}")
+    root = pathlib.Path(args.workdir_root or f"workdirs/reproduce/{args.scale}")
     runs = table.runs(args.scale, args.seeds, root)
+    if args.rows:
+        wanted = args.rows.split(",")
+        unknown = [r for r in wanted if r not in {row.name for row in table.rows}]
+        if unknown:
+            parser.error(
+                f"table {table.name} has no rows {unknown}; its rows:"
+                f" {', '.join(row.name for row in table.rows)}"
+            )
+        selected = [run for run in runs if run.name in wanted]
+    else:
+        selected = runs
     scale_note = table.reduced.note if args.scale == "reduced" else "the paper's configs as is"
     print(f"{table.name} at scale {args.scale}: {scale_note}")
     if args.collect_only:
         check_saved_configs([run for run in runs if run.finished])
     else:
-        run_all(runs, tag=f"[{table.name}] ")
+        run_all(selected, tag=f"[{table.name}] ")
     collected = collect(table, args.scale, args.seeds, root)
     if not any(r["n"] for r in collected["rows"]):
         print(

@@ -111,6 +111,13 @@ def test_finished_runs_are_skipped_and_tables_run_in_pieces(tiny, tmp_path, caps
     assert "run 4/4 kvit_t4 seed 3408: starting" in out
     assert reproduce.main([*argv, "--seeds", "2"]) == 0
     assert len(fake.calls) == 4
+    assert reproduce.main([*argv, "--seeds", "3", "--rows", "kvit_t4"]) == 0
+    assert [w.parent.name for w in fake.calls[4:]] == ["kvit_t4"]
+    with pytest.raises(SystemExit):
+        reproduce.main([*argv, "--rows", "kvit_t5"])
+    assert (
+        "table tiny has no rows ['kvit_t5']; its rows: vit_t4, kvit_t4" in capsys.readouterr().err
+    )
     row = json.loads((tmp_path / "results" / "tiny.json").read_text())["rows"][0]
     assert row["n"] == 2
 
@@ -191,6 +198,7 @@ def test_analysis_dispatch(monkeypatch, capsys):
 
 
 def test_readme_block_round_trip(tmp_path, rng):
+    reported = paper.result("fashion_mnist", "vit_t4").value
     collected = {
         "table": "fashion_mnist",
         "title": "t",
@@ -202,7 +210,7 @@ def test_readme_block_round_trip(tmp_path, rng):
         "command": "python -m krause.reproduce fashion_mnist",
         "rows": [
             dict(row="vit_t4", label="ViT-T", n=2, mean=float(rng.uniform(80, 90)), std=0.5)
-            | dict(paper=93.47, params=10, paper_params=None)
+            | dict(paper=reported, params=10, paper_params=None)
         ],
     }
     (tmp_path / "fashion_mnist.json").write_text(json.dumps(collected))
@@ -215,7 +223,8 @@ def test_readme_block_round_trip(tmp_path, rng):
     text = readme.read_text()
     assert text.startswith("intro\n") and text.endswith("\nend\n") and "old" not in text
     assert reproduce.readme_blocks(text)["fashion_mnist"] == reproduce.readme_block(collected)
-    assert f"| ViT-T | {collected['rows'][0]['mean']:.2f} ± 0.50 | 2 | 93.47 |" in text
+    mean = collected["rows"][0]["mean"]
+    assert f"| ViT-T | {mean:.2f} ± 0.50 | 2 | {reported:.2f} |" in text
 
 
 def test_readme_tables_agree_with_results():
