@@ -145,7 +145,7 @@ def particle_animation(
     movie = animation.FuncAnimation(fig, draw, frames=indices, blit=False)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    movie.save(path, writer=animation.PillowWriter(fps=fps), dpi=60)
+    movie.save(path, writer=animation.PillowWriter(fps=fps), dpi=75)
     plt.close(fig)
     return path
 
