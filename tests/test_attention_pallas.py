@@ -50,7 +50,7 @@ def _kernel_step(jit, nb, top_k, block_q, block_k):
     def loss(q, k, v, sigma, cot):
         inv = 0.5 / jnp.square(jnp.broadcast_to(sigma, (HEADS,)))
         out = kernel.pallas_krause_attention(
-            q, k, v, inv, nb, top_k, block_q=block_q, block_k=block_k, interpret=True
+            q, k, v, inv, nb, top_k, block_q=block_q, block_k=block_k, backend="interpret"
         )
         return jnp.sum(out * cot), out
 
@@ -270,7 +270,7 @@ def _qkv(n, dim=DIM, value_dim=VALUE_DIM, dtype=jnp.float32):
 def _call(nb, top_k=None, dim=DIM, value_dim=VALUE_DIM, dtype=jnp.float32, **blocks):
     q, k, v = _qkv(nb.length, dim, value_dim, dtype)
     inv = jnp.ones((HEADS,), jnp.float32)
-    return kernel.pallas_krause_attention(q, k, v, inv, nb, top_k, interpret=True, **blocks)
+    return kernel.pallas_krause_attention(q, k, v, inv, nb, top_k, backend="interpret", **blocks)
 
 
 def test_full_attention_is_refused():
@@ -376,3 +376,34 @@ def test_model_sized_bfloat16_top_k_close_to_the_reference(nb, rng, fast_jit):
     for name, g, g64 in zip("qkvs", grads, grads64, strict=True):
         scale = max(1.0, float(np.abs(g64).max()))
         np.testing.assert_allclose(np.asarray(g, np.float64), g64, atol=3e-2 * scale, err_msg=name)
+
+
+# --------------------------------------------------------------------------------------------
+# Lowering for the accelerators, without one: `jax.export` lowers for a named platform, which
+# runs Pallas' Triton (GPU) and Mosaic (TPU) lowering of every kernel of forward + backward.
+# The device compilers themselves (Triton -> PTX, Mosaic -> TPU) only run on the devices.
+# --------------------------------------------------------------------------------------------
+
+KERNEL_CALL_TARGETS = {"cuda": "__gpu$xla.gpu.triton", "tpu": "tpu_custom_call"}
+
+
+@pytest.mark.parametrize(("platform", "backend"), [("cuda", "triton"), ("tpu", "mosaic_tpu")])
+@pytest.mark.parametrize(
+    ("nb", "top_k"),
+    [(grid_neighborhood(14, 14, 2, "chebyshev", 1), 12), (causal_window(300, 32), None)],
+    ids=["grid-top12", "causal-all"],
+)
+def test_kernels_lower_for_accelerators(platform, backend, nb, top_k):
+    x = jax.ShapeDtypeStruct((2, nb.length, HEADS, 64), jnp.bfloat16)
+    sigma = jax.ShapeDtypeStruct((HEADS,), jnp.float32)
+
+    def loss(q, k, v, sigma):
+        inv = 0.5 / jnp.square(sigma)
+        return jnp.sum(kernel.pallas_krause_attention(q, k, v, inv, nb, top_k, backend=backend))
+
+    target = KERNEL_CALL_TARGETS[platform]
+    check = jax.export.DisabledSafetyCheck.custom_call(target)
+    step = jax.jit(jax.grad(loss, argnums=(0, 1, 2, 3)))
+    exported = jax.export.export(step, platforms=[platform], disabled_checks=[check])
+    module = exported(x, x, x, sigma).mlir_module()
+    assert module.count(f"@{target}") == 3  # forward, dq and dk/dv kernels

@@ -56,6 +56,9 @@ MAX_BLOCK = 256
 MAX_HEAD_DIM = 256  # padded head / value dim held on chip per block
 MAX_TOP_K_KEYS = 2048  # keys per query block whose scores stay on chip for the top-k select
 DEFAULT_BLOCK = 64
+# "triton": GPU through Pallas' Triton lowering; "mosaic_tpu": TPU; "interpret": any backend,
+# the kernels run as loops of XLA ops (CPU tests).
+BACKENDS = ("triton", "mosaic_tpu", "interpret")
 _F32 = jnp.float32
 _I32 = jnp.int32
 _INT_MIN = -(2**31)
@@ -70,7 +73,11 @@ class _Config:
     top_k: int | None  # None: keep the whole neighbourhood
     block_q: int
     block_k: int
-    interpret: bool
+    backend: str  # one of BACKENDS
+
+    @property
+    def interpret(self) -> bool:
+        return self.backend == "interpret"
 
     @property
     def num_local(self) -> int:
@@ -87,6 +94,11 @@ class _Config:
 
     def tables(self):
         return block_tables(self.nb, self.block_q, self.block_k)
+
+
+def default_backend() -> str:
+    """The kernel backend for `jax.default_backend()`."""
+    return {"gpu": "triton", "tpu": "mosaic_tpu"}.get(jax.default_backend(), "interpret")
 
 
 def _next_pow2(x: int) -> int:
@@ -175,8 +187,9 @@ def _neighbor_mask(nb: Neighborhood, q_idx: jax.Array, k_idx: jax.Array) -> jax.
     n = num_local(nb)
     inside = (q_idx < n) & (k_idx < n)
     if isinstance(nb, GridNeighborhood):
-        dr = jnp.abs(q_idx // nb.width - k_idx // nb.width)
-        dc = jnp.abs(q_idx % nb.width - k_idx % nb.width)
+        width = jnp.int32(nb.width)  # indices are >= 0: truncating division is floor division
+        dr = jnp.abs(lax.div(q_idx, width) - lax.div(k_idx, width))
+        dc = jnp.abs(lax.rem(q_idx, width) - lax.rem(k_idx, width))
         dist = dr + dc if nb.metric == "manhattan" else jnp.maximum(dr, dc)
         return inside & (dist <= nb.radius)
     lag = q_idx - k_idx
@@ -218,15 +231,15 @@ def _kth_largest(scores: list[jax.Array], valid: list[jax.Array], k: int) -> jax
     """
     pairs = zip(scores, valid, strict=True)
     keys = [jnp.where(m, _order_key(s), jnp.int32(_INT_MIN)) for s, m in pairs]
-    num_valid = sum(jnp.sum(m.astype(_I32), axis=1, keepdims=True) for m in valid)
+    num_valid = sum(jnp.sum(m, axis=1, keepdims=True, dtype=_I32) for m in valid)
 
     def step(i, prefix):
         candidate = prefix | jnp.left_shift(jnp.int32(1), (31 - i).astype(_I32))
         signed = candidate ^ jnp.int32(_INT_MIN)
-        count = sum(jnp.sum((key >= signed).astype(_I32), axis=1, keepdims=True) for key in keys)
+        count = sum(jnp.sum(key >= signed, axis=1, keepdims=True, dtype=_I32) for key in keys)
         return jnp.where(count >= k, candidate, prefix)
 
-    prefix = lax.fori_loop(0, 32, step, jnp.zeros(num_valid.shape, _I32))
+    prefix = lax.fori_loop(jnp.int32(0), jnp.int32(32), step, jnp.zeros(num_valid.shape, _I32))
     threshold = _key_to_float(prefix ^ jnp.int32(_INT_MIN))
     return jnp.where(num_valid >= k, threshold, -jnp.inf)
 
@@ -380,7 +393,7 @@ def _dkv_kernel(*refs, cfg: _Config):
     inv, centre = inv_ref[...], centre_ref[...]
     kc = k_ref[...].astype(_F32) - centre
     values = v_ref[...].astype(_F32)
-    sqk = sqk_ref[...]
+    sqk = sqk_ref[:, pl.ds(pl.multiple_of(c * bk, bk), bk)]
     k_idx = c * bk + _arange(bk)[None, :]
     dk = jnp.zeros(kc.shape, _F32)
     dv = jnp.zeros(values.shape, _F32)
@@ -408,7 +421,7 @@ def _dkv_kernel(*refs, cfg: _Config):
 
 
 def _compiler_params(cfg: _Config):
-    if cfg.interpret or jax.default_backend() != "gpu":
+    if cfg.backend != "triton":
         return None  # interpret mode; Mosaic TPU with its defaults
     from jax.experimental.pallas import triton as pltriton
 
@@ -435,7 +448,7 @@ def _full(shape):
 
 def _table_spec(cfg: _Config, shape):
     """A block table: read with scalar loads, so in SMEM on TPU (Mosaic), a plain ref elsewhere."""
-    if not cfg.interpret and jax.default_backend() == "tpu":
+    if cfg.backend == "mosaic_tpu":
         from jax.experimental.pallas import tpu as pltpu
 
         return pl.BlockSpec(memory_space=pltpu.SMEM)
@@ -529,7 +542,7 @@ def _backward(cfg, res, do):
         _per_head(length, dp),
         key_block(dp),
         key_block(dvp),
-        pl.BlockSpec((None, 1, cfg.block_k), lambda i, c: (i, 0, c)),
+        _per_head(1, length),
         _per_head(length, dvp),
         _per_head(length, 1),
         _per_head(length, 1),
@@ -602,7 +615,7 @@ def pallas_krause_attention(
     *,
     block_q: int | None = None,
     block_k: int | None = None,
-    interpret: bool | None = None,
+    backend: str | None = None,
 ) -> jax.Array:
     """Krause attention through the Pallas kernel.
 
@@ -612,18 +625,21 @@ def pallas_krause_attention(
       nb: a grid neighbourhood or a causal window of length N.
       top_k: keep the top_k most affine keys of each neighbourhood (ties kept); None keeps all.
       block_q, block_k: query / key block sizes (powers of two); default `default_block_size`.
-      interpret: run the kernels in interpret mode; default: when the backend is the CPU.
+      backend: one of BACKENDS; default from `jax.default_backend()`: "triton" on GPUs,
+        "mosaic_tpu" on TPUs, "interpret" otherwise.
 
     Returns:
       out [B, N, H, Dv] float32.
     """
     block_q = block_q or default_block_size(nb)
     block_k = block_k or default_block_size(nb)
-    interpret = jax.default_backend() == "cpu" if interpret is None else interpret
-    check_supported(q, k, v, nb, top_k, block_q, block_k, interpret)
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}.")
+    check_supported(q, k, v, nb, top_k, block_q, block_k, backend == "interpret")
     keeps_all = top_k is not None and top_k >= local_max_neighbors(nb)
     local_top_k = None if keeps_all else top_k
-    cfg = _Config(nb, local_top_k, block_q, block_k, interpret)
+    cfg = _Config(nb, local_top_k, block_q, block_k, backend)
     batch, n, heads, dim = q.shape
     dv = v.shape[-1]
     g, n_loc, length = cfg.num_global, cfg.num_local, cfg.padded_length
