@@ -31,10 +31,11 @@ alone). Test accuracy is in %, bits per dimension as is; numbers are final-step 
 Analyses (attention maps, synchronisation, sinks, sigma, particles) are listed too; running one
 dispatches to `python -m krause.analysis.NAME` with the remaining arguments.
 
-Costs in `--list` are estimates, not measurements: paper scale from the models' MACs per image
+Costs in `--list` are estimates per seed, not measurements: the models' MACs per image
 (`scripts/flops.py`; training = 6 FLOPs per MAC) times the images of the recipe, at the ~1.4e11
 FLOP/s a ViT-S/4 train step reaches on the 2 development CPU cores (results/bench_models_train.txt)
-and at an assumed sustained 1e14 FLOP/s on one current accelerator (H100 class).
+or the ~5e10 FLOP/s of the quick start's small models (reduced scale), and at an assumed
+sustained 1e14 FLOP/s on one current accelerator (H100 class).
 """
 
 from __future__ import annotations
@@ -386,8 +387,8 @@ def _pixel_reduced(depth: int) -> tuple[tuple[str, Any], ...]:
         ("model.width", 64),
         ("model.depth", depth),
         ("model.heads", 2),
-        ("total_epochs", 1.0),
-        ("eval_every_epochs", 1.0),
+        ("total_epochs", 0.5),
+        ("eval_every_epochs", 0.5),
         ("checkpoint_every_steps", 200),
     )
 
@@ -403,7 +404,7 @@ TABLES: dict[str, Table] = {
             _cifar_rows("cifar10"),
             Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
             "~190 days here, ~6.5 h on an accelerator",
-            "~1 h here per seed (estimate)",
+            "~15 min per run here, ~2 h per seed",
         ),
         Table(
             "cifar100",
@@ -413,7 +414,7 @@ TABLES: dict[str, Table] = {
             _cifar_rows("cifar100"),
             Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
             "~190 days here, ~6.5 h on an accelerator",
-            "~1 h here per seed (estimate)",
+            "~15 min per run here, ~2 h per seed",
             notes=(
                 "The authors' page swaps the ViT-S / KViT-S pair (page: KViT-S "
                 f"{paper.CIFAR100_PAGE_SWAP[('cifar100', 'kvit_s4')]}, ViT-S "
@@ -446,7 +447,7 @@ TABLES: dict[str, Table] = {
                 note="Depth 6 instead of 12, 10 epochs with 1 warm-up epoch; the rest unchanged.",
             ),
             "decades here, ~24 days on one accelerator (~3 days on 8)",
-            "months here, ~12 h on one accelerator (estimate)",
+            "~5 months here, ~10 h on one accelerator",
             notes=(
                 "A first version of the paper reported ViT-S-16 "
                 f"{paper.FIRST_VERSION[('imagenet2012', 'vit_s16')]} and KViT-S-16 "
@@ -489,7 +490,7 @@ TABLES: dict[str, Table] = {
                 ),
             ),
             "~17 days here, ~35 min on an accelerator (2 paper rows: ~5 days, ~10 min)",
-            "~4 min per run here (estimate; 7 rows x 3 seeds ~1.5 h)",
+            "~4 min per run here, ~30 min per seed (7 rows)",
             notes=(
                 "Rows +pre_ln: both attentions in the same pre-LN block (controlled"
                 " comparison). Ablations without a paper number: the paper's ablation is on"
@@ -512,8 +513,8 @@ TABLES: dict[str, Table] = {
                 ),
                 note="Swin-T with embed 48 instead of 96, 10 epochs with 1 warm-up epoch.",
             ),
-            "~10 days here, ~20 min on an accelerator",
-            "~2 h here per seed (estimate)",
+            "~3 days here, ~10 min on an accelerator",
+            "~50 min per run here, ~2 h per seed",
         ),
         Table(
             "cifar_ablation",
@@ -534,7 +535,7 @@ TABLES: dict[str, Table] = {
             ),
             Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
             "~42 days here, ~1.4 h on an accelerator",
-            "~30 min here per seed (estimate)",
+            "~15 min per run here, ~1 h per seed",
         ),
         Table(
             "pixel_mnist",
@@ -555,15 +556,15 @@ TABLES: dict[str, Table] = {
             ),
             Reduced(
                 args="dataset=fashion_mnist",
-                overrides=_pixel_reduced(depth=4),
+                overrides=_pixel_reduced(depth=2),
                 note=(
                     "Fashion-MNIST instead of MNIST (not available here; same 784-token"
-                    " geometry), width 64, depth 4, 2 heads (window and top-k as in the"
-                    " paper), 1 epoch with 5% warm-up. The paper's numbers are MNIST's."
+                    " geometry), width 64, depth 2, 2 heads (window and top-k as in the"
+                    " paper), half an epoch with 5% warm-up. The paper's numbers are MNIST's."
                 ),
             ),
             "~33 days here, ~1.1 h on an accelerator",
-            "~30 min per run here (estimate)",
+            "~15 min per run here, ~1 h per seed",
         ),
         Table(
             "pixel_cifar10",
@@ -577,12 +578,12 @@ TABLES: dict[str, Table] = {
             Reduced(
                 overrides=_pixel_reduced(depth=2),
                 note=(
-                    "Width 64, depth 2, 2 heads (window and top-k as in the paper), 1 epoch"
-                    " with 5% warm-up."
+                    "Width 64, depth 2, 2 heads (window and top-k as in the paper), half an"
+                    " epoch with 5% warm-up."
                 ),
             ),
             "~1.4 years here, ~17 h on an accelerator",
-            "~10 h per run here (estimate)",
+            "~2 h per run here, ~6 h per seed",
         ),
     )
 }
@@ -642,7 +643,7 @@ def known_names() -> str:
 
 
 def listing() -> str:
-    lines = ["Tables (cost per seed: paper scale here on 2 CPU cores / on one accelerator):"]
+    lines = ["Tables (estimated cost per seed, here on 2 CPU cores and on one accelerator):"]
     for t in TABLES.values():
         lines.append(f"  {t.name:<15} {t.title}")
         lines.append(f"  {'':<15} rows: {', '.join(r.name for r in t.rows)}")
