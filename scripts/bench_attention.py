@@ -313,6 +313,9 @@ def table(rows: list[dict]) -> str:
         "| softmax / this | dense-masked / this |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if any("gb_per_s" in r for r in rows):
+        lines[0] += " HBM floor / time, FLOP/s (% of peak) |"
+        lines[1] += "---|"
     for r in rows:
         name = r["method"] + (f" ({r['impl']})" if r["method"] == "krause/auto" else "")
         if "skipped" in r:
@@ -331,6 +334,9 @@ def table(rows: list[dict]) -> str:
             f"| {r['family']} | {r['size']} | {name} | {r['batch']} | {r['ms']:.1f} | "
             f"{r['ms_per_example']:.2f} | {r['peak_mb']:.0f} | {ratios[0]} | {ratios[1]} |"
         )
+        if "gb_per_s" in r:  # accelerator: bandwidth and FLOP/s (and share of peak) appended
+            peak = f" ({r['hbm_pct']:.0f}%, {r['flop_pct']:.0f}%)" if "hbm_pct" in r else ""
+            lines[-1] += f" {r['gb_per_s']:.0f} GB/s, {r['tflop_per_s']:.2f} TFLOP/s{peak} |"
     return "\n".join(lines)
 
 
