@@ -11,13 +11,7 @@ Data: `python -m krause.data.prepare --dataset cifar10 --archive_dir DIR` (cifar
 Arguments (after the colon, comma separated):
   model=vit_t4|vit_s4|vit_b4|kvit_t4|kvit_s4|kvit_b4   (default kvit_s4)
   dataset=cifar10|cifar100                             (default cifar10)
-  rope            2-D axial RoPE on q and k (the "(RoPE)" rows; no extra parameters)
-  top_k=none      Krause without top-k (ablation); top_k=K sets k0 (default: the model's, 2)
-  locality=false  every token sees every token (with top_k=none: the "RBF only" ablation)
-  layout=paper|pre_ln|post_ln   paper: KViT post-LN + drop-path, ViT pre-LN (the paper's
-                  comparison); pre_ln/post_ln: the same block for both (controlled comparison)
-  decay_all       weight-decay every parameter, as the paper's reference code does
-  smoke           a tiny model, 3 steps of 8 images (seconds on a CPU)
+  layout, rope, top_k, locality, decay_all, smoke      the ViT variants (krause.train.vit_variants)
 
 Paper (top-1 %, test set; we report the final epoch, no checkpoint selection):
   CIFAR-10   KViT-T 93.81  ViT-T 90.75 | KViT-S 95.20  ViT-S 93.33 | KViT-B 95.35  ViT-B 92.45
@@ -36,53 +30,18 @@ Runtime: not measured here (no accelerator); a CPU cannot run this recipe in rea
 
 from krause.data import get_dataset_info
 from krause.train import config as tc
+from krause.train import vit_variants as vv
 
 MODELS = ("vit_t4", "vit_s4", "vit_b4", "kvit_t4", "kvit_s4", "kvit_b4")
-SMOKE_MODEL = dict(depth=2, width=32, heads=2, mlp_dim=64)
 
 
 def get_config(arg=None):
-    arg = tc.parse_arg(
-        arg,
-        model="kvit_s4",
-        dataset="cifar10",
-        rope=False,
-        top_k="default",
-        locality=True,
-        layout="paper",
-        decay_all=False,
-        smoke=False,
-    )
-    if arg.model not in MODELS:
-        raise ValueError(f"Unknown model {arg.model!r} for CIFAR; known: {list(MODELS)}.")
-    info = get_dataset_info(arg.dataset)
-    model = dict(num_classes=info.num_classes, layout=arg.layout, rope=arg.rope)
-    model.update(locality=arg.locality)
-    if arg.top_k != "default":
-        model["k0"] = None if arg.top_k is None else int(arg.top_k)
-    if arg.smoke:
-        model.update(SMOKE_MODEL)
-
-    config = tc.base_config()
-    config.seed = 3407
-    config.model_name = arg.model
-    config.model = tc.model_config(arg.model, **model)
-    config.input = tc.input_config(arg.dataset, "cifar", global_batch_size=256)
+    arg, model = vv.parse_vit_arg(arg, models=MODELS, default_model="kvit_s4", dataset="cifar10")
+    model["num_classes"] = get_dataset_info(arg.dataset).num_classes
+    config_input = tc.input_config(arg.dataset, "cifar", global_batch_size=256)
+    config = vv.cifar_recipe(vv.vit_config(arg, model, config_input))
     config.cache_dataset = True  # small dataset: decode once, keep in memory
-    config.total_epochs = 300.0
-    config.warmup_epochs = 10.0
-    config.lr = 3e-4
-    config.wd = 0.05
-    config.adam.b1, config.adam.b2 = 0.9, 0.999
-    config.grad_clip_norm = 1.0
-    config.decay_all = arg.decay_all
-    config.log_every_steps = 100
-    config.eval_every_epochs = 10.0
-    config.checkpoint_every_epochs = 5.0
-
-    if arg.smoke:
-        tc.shrink_to_smoke(config)
-    return config
+    return vv.finish(config, arg)
 
 
 def get_sweep(arg=None):

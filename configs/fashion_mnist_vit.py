@@ -14,13 +14,12 @@ Data: `python -m krause.data.prepare --dataset fashion_mnist \
   --archive_dir /usr/share/datasets/fashion-mnist` (Debian package dataset-fashion-mnist).
 
 Arguments (after the colon, comma separated):
-  model=vit_t4|kvit_t4   (default kvit_t4); any other ViT size works too (vit_s4, kvit_b4, ...)
-  layout=paper|pre_ln|post_ln   (default paper; the quick start uses pre_ln for both)
-  top_k=none|K, locality=false, rope, decay_all   as in configs/cifar_vit.py
+  model=vit_t4|kvit_t4   (default kvit_t4); the other CIFAR sizes work too (vit_s4, kvit_b4, ...)
+  layout, rope, top_k, locality, decay_all, smoke   the ViT variants (krause.train.vit_variants);
+                  the quick start uses layout pre_ln for both
   quickstart      patch 7 (4x4 grid + CLS), width 64, depth 4, 4 heads, MLP 128, pre-LN and no
                   drop-path for both attentions, no augmentation, batch 128, AdamW lr 2e-3,
                   5% warm-up, cosine, 3 epochs (see experiments/quickstart.py)
-  smoke           a tiny model, 3 steps of 8 images
 
 Paper: ViT-T 93.47, KViT-T 94.65 (top-1 %). The paper does not give its Fashion-MNIST recipe;
 the default here is its CIFAR recipe unchanged (AdamW lr 3e-4, wd 0.05, batch 256, 300 epochs,
@@ -33,8 +32,8 @@ accuracy, 114 / 125 ms per step, about 3.5 min per model including compilation a
 """
 
 from krause.train import config as tc
+from krause.train import vit_variants as vv
 
-SMOKE_MODEL = dict(depth=2, width=32, heads=2, mlp_dim=64)
 # Patch 7: a 4x4 grid plus CLS (17 tokens), 3x cheaper than patch 4 (50 tokens), which reaches
 # only ~83% in the 1.5 epochs that the same CPU time buys.
 QUICKSTART_MODEL = dict(
@@ -43,41 +42,14 @@ QUICKSTART_MODEL = dict(
 
 
 def get_config(arg=None):
-    arg = tc.parse_arg(
-        arg,
-        model="kvit_t4",
-        layout="paper",
-        top_k="default",
-        locality=True,
-        rope=False,
-        decay_all=False,
-        quickstart=False,
-        smoke=False,
-    )
-    model = dict(image_size=28, num_classes=10, layout=arg.layout, rope=arg.rope)
-    model.update(locality=arg.locality)
-    if arg.top_k != "default":
-        model["k0"] = None if arg.top_k is None else int(arg.top_k)
+    models = tuple(f"{k}vit_{size}" for k in ("", "k") for size in ("t4", "s4", "b4"))
+    arg, model = vv.parse_vit_arg(arg, models=models, default_model="kvit_t4", quickstart=False)
+    model.update(image_size=28, num_classes=10)
     if arg.quickstart:
         model.update(QUICKSTART_MODEL)
-    if arg.smoke:
-        model.update(SMOKE_MODEL)
-
-    config = tc.base_config()
-    config.seed = 3407
-    config.model_name = arg.model
-    config.model = tc.model_config(arg.model, **model)
-    config.input = tc.input_config("fashion_mnist", "cifar", global_batch_size=256)
+    config_input = tc.input_config("fashion_mnist", "cifar", global_batch_size=256)
+    config = vv.cifar_recipe(vv.vit_config(arg, model, config_input))
     config.cache_dataset = True  # small dataset: decode once, keep in memory
-    config.total_epochs = 300.0
-    config.warmup_epochs = 10.0
-    config.lr = 3e-4
-    config.wd = 0.05
-    config.grad_clip_norm = 1.0
-    config.decay_all = arg.decay_all
-    config.log_every_steps = 100
-    config.eval_every_epochs = 10.0
-    config.checkpoint_every_epochs = 5.0
 
     if arg.quickstart:
         config.input = tc.input_config(
@@ -90,9 +62,7 @@ def get_config(arg=None):
         config.log_every_steps = 20
         config.eval_every_epochs = 0.5
         config.checkpoint_every_epochs = 0.5
-    if arg.smoke:
-        tc.shrink_to_smoke(config)
-    return config
+    return vv.finish(config, arg)
 
 
 def get_sweep(arg=None):

@@ -12,9 +12,8 @@ images, the usual ImageNet "test" set.
 
 Arguments (after the colon, comma separated):
   model=vit_s16|vit_s32|vit_b16|vit_b32|kvit_s16|kvit_s32|kvit_b16|kvit_b32   (default kvit_s16)
-  rope            2-D axial RoPE on q and k (the "(RoPE)" rows)
-  top_k=none|K, locality=false, layout=paper|pre_ln|post_ln, decay_all   as in cifar_vit.py
-  smoke           a tiny model on 64x64 crops, 3 steps of 8 images
+  layout, rope, top_k, locality, decay_all, smoke   the ViT variants (krause.train.vit_variants);
+                  smoke runs on 64x64 crops
 
 Paper (top-1 %, 224x224, final epoch):
   KViT-S-16 76.39  ViT-S-16 75.54 | KViT-S-32 72.04  ViT-S-32 70.66 | KViT-B-16 76.75  ViT-B-16 75.85
@@ -31,6 +30,7 @@ drop-path 0.1, the clipped 5x5 window plus CLS. Clipping at global norm 1.0 as i
 """
 
 from krause.train import config as tc
+from krause.train import vit_variants as vv
 
 MODELS = (
     "vit_s16",
@@ -42,48 +42,28 @@ MODELS = (
     "kvit_b16",
     "kvit_b32",
 )
-SMOKE_MODEL = dict(depth=2, width=32, heads=2, mlp_dim=64, image_size=64)
 
 
 def get_config(arg=None):
-    arg = tc.parse_arg(
-        arg,
-        model="kvit_s16",
-        rope=False,
-        top_k="default",
-        locality=True,
-        layout="paper",
-        decay_all=False,
-        smoke=False,
-    )
-    if arg.model not in MODELS:
-        raise ValueError(f"Unknown model {arg.model!r} for ImageNet; known: {list(MODELS)}.")
-    krause = arg.model.startswith("kvit")
-    base = arg.model.removeprefix("k").startswith("vit_b")
-    model = dict(num_classes=1000, layout=arg.layout, rope=arg.rope, locality=arg.locality)
-    if arg.top_k != "default":
-        model["k0"] = None if arg.top_k is None else int(arg.top_k)
+    arg, model = vv.parse_vit_arg(arg, models=MODELS, default_model="kvit_s16")
+    model["num_classes"] = 1000
     if arg.smoke:
-        model.update(SMOKE_MODEL)
-
-    config = tc.base_config()
-    config.seed = 3407
-    config.model_name = arg.model
-    config.model = tc.model_config(arg.model, **model)
-    config.input = tc.input_config(
+        model["image_size"] = 64
+    base = get_model_size(arg.model) == "b"
+    config_input = tc.input_config(
         "imagenet2012",
         "imagenet_b" if base else "imagenet",
         global_batch_size=1024,
         eval_batch_size=1000,
         worker_count=8,  # grain worker processes for JPEG decoding and augmentation
     )
+    config = vv.vit_config(arg, model, config_input)
     config.dtype = "bfloat16"
     config.total_epochs = 300.0
     config.warmup_epochs = 10.0
-    config.lr = 5e-4 if krause else 1e-3
+    config.lr = 5e-4 if config.model.attention == "krause" else 1e-3
     config.wd = 0.05
     config.grad_clip_norm = 1.0
-    config.decay_all = arg.decay_all
     config.log_every_steps = 100
     config.eval_every_epochs = 5.0
     config.checkpoint_every_steps = 2000
@@ -92,8 +72,12 @@ def get_config(arg=None):
         config.input.image_size = 64
         config.input.worker_count = 0
         config.dtype = "float32"
-        tc.shrink_to_smoke(config)
-    return config
+    return vv.finish(config, arg)
+
+
+def get_model_size(name: str) -> str:
+    """ "s" or "b" of an ImageNet ViT name such as "kvit_b16"."""
+    return name.removeprefix("k").removeprefix("vit_")[0]
 
 
 def get_sweep(arg=None):
