@@ -279,3 +279,33 @@ def test_interrupted_run_resumes_to_the_uninterrupted_numbers(
     assert {k: resumed[k] for k in keys} == {k: full[k] for k in keys}
     collected = json.loads((tmp_path / "results" / "tiny.json").read_text())
     assert collected["rows"][0]["mean"] == 100 * full["test/accuracy"]
+
+
+@pytest.mark.parametrize("scale", reproduce.SCALES)
+def test_every_table_builds_its_configs(scale, tmp_path):
+    """Every run of every table gets a valid config at both scales (no unknown override field,
+    warm-up within the run) and a workdir of its own; the reduced scale is smaller."""
+    from krause.data import get_dataset_info
+    from krause.train.config import resolve_steps
+
+    for table in reproduce.TABLES.values():
+        runs = table.runs(scale, 2, tmp_path)
+        assert len({run.workdir for run in runs}) == len(runs) == 2 * len(table.rows)
+        configs = reproduce.check_saved_configs(runs[:2])  # one row, two seeds
+        assert [c.seed for c in configs] == [configs[0].seed, configs[0].seed + 1]
+        config = configs[0]
+        steps_per_epoch = get_dataset_info(config.input.dataset).num_train / (
+            config.input.global_batch_size
+        )
+        total = resolve_steps(config, "total", steps_per_epoch=steps_per_epoch)
+        warmup = resolve_steps(config, "warmup", steps_per_epoch=steps_per_epoch, total_steps=total)
+        assert total > 0 and (warmup or 0) < total, table.name
+        if scale == "reduced":
+            paper_run = table.runs("paper", 1, tmp_path)[0].build_config()
+            paper_total = resolve_steps(
+                paper_run,
+                "total",
+                steps_per_epoch=get_dataset_info(paper_run.input.dataset).num_train
+                / paper_run.input.global_batch_size,
+            )
+            assert total < paper_total, table.name
