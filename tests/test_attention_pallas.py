@@ -252,6 +252,16 @@ def test_auto_picks_the_kernel_on_accelerators_only(monkeypatch):
         assert resolve_impl("auto", nb) == "pallas"
         assert resolve_impl("auto", causal_window(300, 32)) == "pallas"
         assert resolve_impl("auto", full(10)) == "dense"
+        assert resolve_impl("auto", nb, use_kernel=False) == cpu_choice
+    # Weights (and float64) are outside the kernel: "auto" then keeps the XLA choice.
+    small = grid_neighborhood(2, 3, 1)
+    attend = jax.jit(
+        lambda q, k, v: krause_attention(
+            q, k, v, sigma=1.0, neighborhood=small, top_k=3, impl="auto", return_weights=True
+        )
+    )
+    _, weights = attend(*_qkv(small.length))
+    assert weights.local_values.shape == (1, small.length, HEADS, 6)
 
 
 # --------------------------------------------------------------------------------------------

@@ -216,14 +216,18 @@ def _gather(q, k, v, inv, nb, top_k):
     return jnp.concatenate([out_global, out], axis=1), p, p_global
 
 
-def resolve_impl(impl: str, nb: Neighborhood) -> str:
-    """Map "auto" to a concrete implementation; check that the choice fits the neighbourhood."""
+def resolve_impl(impl: str, nb: Neighborhood, use_kernel: bool = True) -> str:
+    """Map "auto" to a concrete implementation; check that the choice fits the neighbourhood.
+
+    "auto" picks the Pallas kernel on GPU / TPU unless `use_kernel` is False (inputs or outputs
+    it does not support: weights, float64).
+    """
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}.")
     if impl == "auto":
         if isinstance(nb, Full):
             return "dense"
-        if jax.default_backend() in ("gpu", "tpu"):  # the fused kernel; the CPU choice below
+        if use_kernel and jax.default_backend() in ("gpu", "tpu"):  # else the CPU choice below
             return "pallas"
         if isinstance(nb, CausalWindow):  # blocked is matmul-based too: ~W + C keys per query
             return "dense" if nb.length <= 2 * nb.window else "blocked"
@@ -280,7 +284,7 @@ def krause_attention(
             f"{q.shape[1]}; the length must equal the neighbourhood's"
             + (" (height * width + num_global)." if isinstance(nb, GridNeighborhood) else ".")
         )
-    impl = resolve_impl(impl, nb)
+    impl = resolve_impl(impl, nb, not return_weights and q.dtype in pallas.DTYPES)
     if impl == "pallas":
         if return_weights:
             raise ValueError(
