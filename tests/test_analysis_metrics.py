@@ -244,3 +244,24 @@ def test_layer_series_of_a_tiny_pixel_model(rng, attention):
             assert np.all(w[:, :, 8:, 0] == 0)
         ref = [np.mean(w[:, h, 1:, 0]) for h in range(2)]
         np.testing.assert_allclose(series["first_token_mass"][block], ref, rtol=1e-6)
+
+
+def test_first_key_column_of_compact_krause_weights_matches_loop(rng):
+    batch, n, heads, width, g = 2, 7, 3, 4, 1
+    indices = rng.integers(-1, n, (n, width)).astype(np.int32)
+    indices[:g] = -1
+    local = rng.uniform(size=(batch, n, heads, width))
+    global_values = rng.uniform(size=(batch, g, heads, n))
+    w = KrauseWeights(jnp.asarray(local), jnp.asarray(indices), jnp.asarray(global_values))
+    got = metrics.first_key_column(w)
+    for b in range(batch):
+        for h in range(heads):
+            for i in range(n):
+                if i < g:
+                    ref = global_values[b, i, h, 0]
+                else:
+                    ref = sum(local[b, i, h, s] for s in range(width) if indices[i, s] == 0)
+                np.testing.assert_allclose(got[b, h, i], ref, rtol=1e-6)
+    dense = metrics.dense_attention_weights(w, image=1)
+    assert dense.shape == (1, heads, n, n)
+    np.testing.assert_allclose(dense[0, :, :, 0], got[1], rtol=1e-6)

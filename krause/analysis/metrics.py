@@ -122,10 +122,10 @@ def first_token_mass(weights: np.ndarray, per_head: bool = True) -> np.ndarray:
       weights: [B, H, N, N] attention probabilities (rows sum to 1), N >= 2.
       per_head: True -> [H] (mean over batch and queries); False -> scalar (also over heads).
     """
-    w = np.asarray(weights, np.float64)
+    w = np.asarray(weights)
     if w.ndim != 4 or w.shape[-1] != w.shape[-2] or w.shape[-1] < 2:
         raise ValueError(f"weights must be [B, H, N, N] with N >= 2, got shape {w.shape}.")
-    mass = w[:, :, 1:, 0]  # [B, H, N-1]
+    mass = w[:, :, 1:, 0].astype(np.float64)  # [B, H, N-1]
     return mass.mean(axis=(0, 2)) if per_head else mass.mean()
 
 
@@ -152,16 +152,42 @@ def _collect(tree: Mapping, name: str, prefix: tuple[str, ...] = ()) -> list:
     return sorted(found, key=lambda item: _natural_key(item[0]))
 
 
-def dense_attention_weights(weights: Any) -> np.ndarray:
+def dense_attention_weights(weights: Any, image: int | None = None) -> np.ndarray:
     """A captured `attention_weights` entry -> dense [B, H, N, N] NumPy array.
 
-    Accepts a dense array or a `krause.attention.KrauseWeights` (densified).
+    Accepts a dense array or a `krause.attention.KrauseWeights` (densified). With `image`, only
+    that batch entry is densified: [1, H, N, N].
     """
     from krause.attention import KrauseWeights, densify_weights
 
     if isinstance(weights, KrauseWeights):
-        weights = densify_weights(weights)
-    return np.asarray(weights)
+        if image is not None:
+            weights = KrauseWeights(
+                weights.local_values[image : image + 1],
+                weights.indices,
+                weights.global_values[image : image + 1],
+            )
+        return np.asarray(densify_weights(weights))
+    weights = np.asarray(weights)
+    return weights if image is None else weights[image : image + 1]
+
+
+def first_key_column(weights: Any) -> np.ndarray:
+    """Attention probability of every query on key 0: [B, H, N] (float64), without densifying.
+
+    Args:
+      weights: dense [B, H, N, N] or a `krause.attention.KrauseWeights`.
+    """
+    from krause.attention import KrauseWeights
+
+    if not isinstance(weights, KrauseWeights):
+        return np.asarray(weights)[..., 0].astype(np.float64)
+    values = np.asarray(weights.local_values, np.float64)  # [B, N, H, W]
+    hits = np.asarray(weights.indices) == 0  # [N, W]
+    column = np.einsum("bnhw,nw->bhn", values, hits.astype(np.float64))
+    g = weights.global_values.shape[1]
+    column[:, :, :g] = np.moveaxis(np.asarray(weights.global_values, np.float64)[..., 0], 1, 2)
+    return column
 
 
 def captured_layers(intermediates: Mapping) -> dict[str, list]:
@@ -170,7 +196,8 @@ def captured_layers(intermediates: Mapping) -> dict[str, list]:
     Returns:
       {"tokens": [embedding (if sown), hidden of layer 0, ...] each [B, N, D] (grids such as
        Swin's [B, H, W, C] are flattened to [B, H*W, C]),
-       "weights": [dense [B, H, N, N] of layer 0, ...] (None where a layer sowed none),
+       "weights": [the sown weights of layer 0 (dense [B, H, N, N] or `KrauseWeights`), ...]
+        (None where a layer sowed none; `dense_attention_weights` densifies),
        "names": ["embedding", path of layer 0, ...]}.
     """
     hidden = _collect(intermediates, "hidden")
@@ -191,7 +218,7 @@ def captured_layers(intermediates: Mapping) -> dict[str, list]:
         names.append("/".join(path))
         # The attention weights of a layer are sown by the block or by its attention submodule.
         match = [w for p, w in weights.items() if p[: len(path)] == path]
-        layer_weights.append(dense_attention_weights(match[0]) if match else None)
+        layer_weights.append(match[0] if match else None)
     tokens = [np.asarray(t).reshape(t.shape[0], -1, t.shape[-1]) for t in tokens]
     return {"tokens": tokens, "weights": layer_weights, "names": names}
 
@@ -258,7 +285,8 @@ def series_from_intermediates(
     ]
     for key in ("clusters", "mean_cosine", "effective_rank"):
         series[key] = [m[key] for m in per_layer]
-    mass = [None if w is None else first_token_mass(w) for w in layers["weights"]]
+    columns = [None if w is None else first_key_column(w) for w in layers["weights"]]
+    mass = [None if c is None else c[:, :, 1:].mean(axis=(0, 2)) for c in columns]
     series["first_token_mass"] = [None if m is None else m.tolist() for m in mass]
     series["first_token_mass_mean"] = [None if m is None else float(m.mean()) for m in mass]
     return series

@@ -86,7 +86,7 @@ def analyse_models(
             )
             if seed == 0 and grid is not None:
                 weights = metrics.captured_layers(intermediates)["weights"]
-                maps[label] = [np.asarray(w[map_image]) for w in weights]
+                maps[label] = [metrics.dense_attention_weights(w, map_image)[0] for w in weights]
     record: dict[str, Any] = {
         "threshold": threshold,
         "exclude_first_token": exclude_first_token,
