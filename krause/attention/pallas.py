@@ -252,43 +252,55 @@ class _KeyBlock:
     valid: Callable[[], jax.Array]  # -> bool [bq, bk]
     keys: Callable[[], jax.Array]  # -> centred keys [bk, Dp] float32
     values: Callable[[], jax.Array]  # -> values [bk, Dvp] float32
-    is_global: bool
 
 
-def _key_blocks(cfg, b, q2, q_idx, inv, centre, table_ref, counts_ref, k_ref, v_ref, sqk_ref, glob):
-    """The key blocks visited by query block b: the global block (if any), then the table row."""
-    bk = cfg.block_k
-    blocks = []
-    if glob is not None:
-        kg_ref, vg_ref, sqkg_ref = glob
-        keys = lambda: kg_ref[...].astype(_F32) - centre
-        blocks.append(
-            _KeyBlock(
-                scores=lambda keys=keys: _scores(q2, keys(), sqkg_ref[...], inv),
-                valid=lambda: (q_idx < cfg.num_local) & (_arange(bk)[None, :] < cfg.num_global),
-                keys=keys,
-                values=lambda: vg_ref[...].astype(_F32),
-                is_global=True,
-            )
+@dataclasses.dataclass
+class _QueryBlock:
+    """What every kernel over query blocks needs to visit key blocks."""
+
+    cfg: _Config
+    b: jax.Array  # query block index
+    q2: jax.Array  # 2 (q - centre) [bq, Dp] float32
+    q_idx: jax.Array  # local query indices [bq, 1]
+    inv: jax.Array  # 1 / (2 sigma^2) [1, 1]
+    centre: jax.Array  # [1, Dp]
+    table_ref: object
+    counts_ref: object
+    k_ref: object
+    v_ref: object
+    sqk_ref: object
+
+    def global_block(self, kg_ref, vg_ref, sqkg_ref) -> _KeyBlock:
+        """The global keys, which every local query sees."""
+        cfg = self.cfg
+        keys = lambda: kg_ref[...].astype(_F32) - self.centre
+        return _KeyBlock(
+            scores=lambda: _scores(self.q2, keys(), sqkg_ref[...], self.inv),
+            valid=lambda: (
+                (self.q_idx < cfg.num_local) & (_arange(cfg.block_k)[None, :] < cfg.num_global)
+            ),
+            keys=keys,
+            values=lambda: vg_ref[...].astype(_F32),
         )
-    for t in range(table_ref.shape[1]):
-        start = pl.multiple_of(table_ref[b, t] * bk, bk)
-        keys = lambda start=start: k_ref[pl.ds(start, bk), :].astype(_F32) - centre
-        blocks.append(
-            _KeyBlock(
-                scores=lambda keys=keys, start=start: _scores(
-                    q2, keys(), sqk_ref[:, pl.ds(start, bk)], inv
-                ),
-                valid=lambda start=start, t=t: (
-                    _neighbor_mask(cfg.nb, q_idx, start + _arange(bk)[None, :])
-                    & (t < counts_ref[b])
-                ),
-                keys=keys,
-                values=lambda start=start: v_ref[pl.ds(start, bk), :].astype(_F32),
-                is_global=False,
-            )
+
+    def local_block(self, t) -> _KeyBlock:
+        """Slot t (static or traced) of the query block's table row."""
+        bk = self.cfg.block_k
+        start = pl.multiple_of(self.table_ref[self.b, t] * bk, bk)
+        keys = lambda: self.k_ref[pl.ds(start, bk), :].astype(_F32) - self.centre
+        return _KeyBlock(
+            scores=lambda: _scores(self.q2, keys(), self.sqk_ref[:, pl.ds(start, bk)], self.inv),
+            valid=lambda: (
+                _neighbor_mask(self.cfg.nb, self.q_idx, start + _arange(bk)[None, :])
+                & (t < self.counts_ref[self.b])
+            ),
+            keys=keys,
+            values=lambda: self.v_ref[pl.ds(start, bk), :].astype(_F32),
         )
-    return blocks
+
+    def count(self) -> jax.Array:
+        """Number of real slots in the table row (the bound of the loops over slots)."""
+        return self.counts_ref[self.b]
 
 
 def _split_refs(cfg, refs, n_in):
@@ -298,48 +310,66 @@ def _split_refs(cfg, refs, n_in):
     return ins[:8] + ins[8 + 3 * bool(cfg.num_global) :], glob, outs
 
 
+def _query_block(cfg, refs8) -> tuple[_QueryBlock, jax.Array]:
+    table_ref, counts_ref, inv_ref, centre_ref, q_ref, k_ref, v_ref, sqk_ref = refs8
+    b = pl.program_id(1)
+    centre = centre_ref[...]
+    qc = q_ref[...].astype(_F32) - centre
+    q_idx = b * cfg.block_q + _arange(cfg.block_q)[:, None]
+    qb = _QueryBlock(
+        cfg, b, 2.0 * qc, q_idx, inv_ref[...], centre, table_ref, counts_ref, k_ref, v_ref, sqk_ref
+    )
+    return qb, qc
+
+
+def _online_softmax_step(state, s, keep, values):
+    """One block of the flash-style running (max, sum, accumulator)."""
+    m, total, acc = state
+    s = jnp.where(keep, s, -jnp.inf)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
+    m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
+    alpha = jnp.exp(m - m_safe)
+    p = jnp.where(keep, jnp.exp(s - m_safe), 0.0)
+    total = alpha * total + jnp.sum(p, axis=1, keepdims=True)
+    return m_new, total, alpha * acc + _dot(p, values)
+
+
 def _forward_kernel(*refs, cfg: _Config):
     n_in = 8 + 3 * bool(cfg.num_global)
     ins, glob, (o_ref, lse_ref, thr_ref) = _split_refs(cfg, refs, n_in)
-    table_ref, counts_ref, inv_ref, centre_ref, q_ref, k_ref, v_ref, sqk_ref = ins
+    qb, _ = _query_block(cfg, ins)
     bq = cfg.block_q
-    b = pl.program_id(1)
-    inv, centre = inv_ref[...], centre_ref[...]
-    q2 = 2.0 * (q_ref[...].astype(_F32) - centre)
-    q_idx = b * bq + _arange(bq)[:, None]
-    blocks = _key_blocks(
-        cfg, b, q2, q_idx, inv, centre, table_ref, counts_ref, k_ref, v_ref, sqk_ref, glob
+    state = (
+        jnp.full((bq, 1), -jnp.inf, _F32),
+        jnp.zeros((bq, 1), _F32),
+        jnp.zeros((bq, o_ref.shape[-1]), _F32),
     )
-
-    # Pass 1 (top-k only): all scores of the visited blocks on chip, exact k-th largest.
+    blocks = [qb.global_block(*glob)] if glob is not None else []
     if cfg.top_k is not None:
-        computed = [(blk.scores()[0], blk.valid()) for blk in blocks]
-        threshold = _kth_largest([s for s, _ in computed], [m for _, m in computed], cfg.top_k)
+        # Pass 1: the scores of every visited block on chip (the table row unrolled), then the
+        # exact k-th largest per query. Pass 2 reuses the same values: the key that defines the
+        # threshold always meets it.
+        blocks += [qb.local_block(t) for t in range(qb.table_ref.shape[1])]
+        scores = [blk.scores()[0] for blk in blocks]
+        valid = [blk.valid() for blk in blocks]
+        threshold = _kth_largest(scores, valid, cfg.top_k)
+        for blk, s, m in zip(blocks, scores, valid, strict=True):
+            state = _online_softmax_step(state, s, m & (s >= threshold), blk.values())
     else:
-        computed, threshold = [None] * len(blocks), None
+        threshold = jnp.full((bq, 1), -jnp.inf, _F32)
+        for blk in blocks:
+            state = _online_softmax_step(state, blk.scores()[0], blk.valid(), blk.values())
 
-    # Pass 2: online softmax over the kept scores.
-    m = jnp.full((bq, 1), -jnp.inf, _F32)
-    total = jnp.zeros((bq, 1), _F32)
-    acc = jnp.zeros((bq, o_ref.shape[-1]), _F32)
-    for blk, done in zip(blocks, computed, strict=True):
-        s, keep = done if done is not None else (blk.scores()[0], blk.valid())
-        if threshold is not None:
-            keep = keep & (s >= threshold)
-        s = jnp.where(keep, s, -jnp.inf)
-        m_new = jnp.maximum(m, jnp.max(s, axis=1, keepdims=True))
-        m_safe = jnp.where(m_new == -jnp.inf, 0.0, m_new)
-        alpha = jnp.exp(m - m_safe)
-        p = jnp.where(keep, jnp.exp(s - m_safe), 0.0)
-        total = alpha * total + jnp.sum(p, axis=1, keepdims=True)
-        acc = alpha * acc + _dot(p, blk.values())
-        m = m_new
+        def body(t, state):
+            blk = qb.local_block(t)
+            return _online_softmax_step(state, blk.scores()[0], blk.valid(), blk.values())
+
+        state = lax.fori_loop(jnp.int32(0), qb.count(), body, state)
+    m, total, acc = state
     empty = total == 0.0  # padding rows only: every real query sees itself
     o_ref[...] = (acc / jnp.where(empty, 1.0, total)).astype(o_ref.dtype)
-    lse = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, total)))
-    lse_ref[...] = lse
-    thr = jnp.full((bq, 1), -jnp.inf, _F32) if threshold is None else threshold
-    thr_ref[...] = thr
+    lse_ref[...] = jnp.where(empty, 0.0, m + jnp.log(jnp.where(empty, 1.0, total)))
+    thr_ref[...] = threshold
 
 
 def _probabilities(s, keep, lse, threshold, top_k):
@@ -351,37 +381,33 @@ def _probabilities(s, keep, lse, threshold, top_k):
 def _dq_kernel(*refs, cfg: _Config):
     n_in = 8 + 3 * bool(cfg.num_global) + 4
     ins, glob, outs = _split_refs(cfg, refs, n_in)
-    table_ref, counts_ref, inv_ref, centre_ref, q_ref, k_ref, v_ref, sqk_ref = ins[:8]
+    qb, qc = _query_block(cfg, ins[:8])
     do_ref, lse_ref, thr_ref, delta_ref = ins[8:]
     dq_ref, dinv_ref = outs[:2]
-    bq = cfg.block_q
-    b = pl.program_id(1)
-    inv, centre = inv_ref[...], centre_ref[...]
-    qc = q_ref[...].astype(_F32) - centre
-    q2 = 2.0 * qc
-    q_idx = b * bq + _arange(bq)[:, None]
     do = do_ref[...].astype(_F32)
     lse, thr, delta = (r[...] for r in (lse_ref, thr_ref, delta_ref))  # [bq, 1] each
-    dq = jnp.zeros(qc.shape, _F32)
-    dinv = jnp.zeros((bq, 1), _F32)
-    blocks = _key_blocks(
-        cfg, b, q2, q_idx, inv, centre, table_ref, counts_ref, k_ref, v_ref, sqk_ref, glob
-    )
-    for blk in blocks:
+
+    def visit(blk, dq, dinv):
+        """Gradients through one key block: (dq, d inv rows, ds, p)."""
         s, base = blk.scores()
         p = _probabilities(s, blk.valid(), lse, thr, cfg.top_k)
-        values, keys = blk.values(), blk.keys()
-        dp = _dot(do, values, trans_b=True)
-        ds = p * (dp - delta)
-        dq = dq + _dot(ds, keys)
-        dinv = dinv + jnp.sum(ds * base, axis=1, keepdims=True)
-        if blk.is_global:
-            dkg_ref, dvg_ref = outs[2:]
-            dk = _dot(ds, qc, trans_a=True)
-            dk = dk - jnp.sum(ds, axis=0)[:, None] * keys
-            dkg_ref[...] = (2.0 * inv * dk).astype(dkg_ref.dtype)
-            dvg_ref[...] = _dot(p, do, trans_a=True).astype(dvg_ref.dtype)
-    dq_ref[...] = (2.0 * inv * dq).astype(dq_ref.dtype)
+        ds = p * (_dot(do, blk.values(), trans_b=True) - delta)
+        dq = dq + _dot(ds, blk.keys())
+        return dq, dinv + jnp.sum(ds * base, axis=1, keepdims=True), ds, p
+
+    dq = jnp.zeros(qc.shape, _F32)
+    dinv = jnp.zeros((cfg.block_q, 1), _F32)
+    if glob is not None:
+        blk = qb.global_block(*glob)
+        dq, dinv, ds, p = visit(blk, dq, dinv)
+        dkg_ref, dvg_ref = outs[2:]
+        dk = _dot(ds, qc, trans_a=True) - jnp.sum(ds, axis=0)[:, None] * blk.keys()
+        dkg_ref[...] = (2.0 * qb.inv * dk).astype(dkg_ref.dtype)
+        dvg_ref[...] = _dot(p, do, trans_a=True).astype(dvg_ref.dtype)
+    dq, dinv = lax.fori_loop(
+        jnp.int32(0), qb.count(), lambda t, c: visit(qb.local_block(t), *c)[:2], (dq, dinv)
+    )
+    dq_ref[...] = (2.0 * qb.inv * dq).astype(dq_ref.dtype)
     dinv_ref[...] = dinv
 
 
@@ -395,21 +421,23 @@ def _dkv_kernel(*refs, cfg: _Config):
     values = v_ref[...].astype(_F32)
     sqk = sqk_ref[:, pl.ds(pl.multiple_of(c * bk, bk), bk)]
     k_idx = c * bk + _arange(bk)[None, :]
-    dk = jnp.zeros(kc.shape, _F32)
-    dv = jnp.zeros(values.shape, _F32)
-    for t in range(table_ref.shape[1]):
+
+    def body(t, carry):  # query block table_t[c, t]
+        dk, dv = carry
         start = pl.multiple_of(table_ref[c, t] * bq, bq)
         rows = pl.ds(start, bq)
         qc = q_ref[rows, :].astype(_F32) - centre
         s, _ = _scores(2.0 * qc, kc, sqk, inv)
-        valid = _neighbor_mask(cfg.nb, start + _arange(bq)[:, None], k_idx) & (t < counts_ref[c])
+        valid = _neighbor_mask(cfg.nb, start + _arange(bq)[:, None], k_idx)
         lse, thr, delta = (r[rows, :] for r in (lse_ref, thr_ref, delta_ref))
         p = _probabilities(s, valid, lse, thr, cfg.top_k)
         do = do_ref[rows, :].astype(_F32)
         ds = p * (_dot(do, values, trans_b=True) - delta)
-        dv = dv + _dot(p, do, trans_a=True)
-        dk = dk + _dot(ds, qc, trans_a=True)
-        dk = dk - jnp.sum(ds, axis=0)[:, None] * kc
+        dk = dk + _dot(ds, qc, trans_a=True) - jnp.sum(ds, axis=0)[:, None] * kc
+        return dk, dv + _dot(p, do, trans_a=True)
+
+    zeros = (jnp.zeros(kc.shape, _F32), jnp.zeros(values.shape, _F32))
+    dk, dv = lax.fori_loop(jnp.int32(0), counts_ref[c], body, zeros)
     dk_ref[...] = (2.0 * inv * dk).astype(dk_ref.dtype)
     dv_ref[...] = dv.astype(dv_ref.dtype)
 
