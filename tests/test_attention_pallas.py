@@ -325,6 +325,14 @@ def test_top_k_over_too_many_on_chip_keys_is_refused(monkeypatch):
         _call(causal_window(40, 12), top_k=3, block_q=8, block_k=8)
 
 
+def test_unknown_backend_is_refused():
+    q, k, v = _qkv(10)
+    with pytest.raises(ValueError, match=r"backend must be one of.*'triton'.*'mosaic_gpu'"):
+        kernel.pallas_krause_attention(
+            q, k, v, jnp.ones(HEADS), causal_window(10, 3), None, backend="mosaic_gpu"
+        )
+
+
 def test_return_weights_is_refused():
     q, k, v = _qkv(10)
     with pytest.raises(ValueError, match=r"impl='pallas' does not return weights.*'stencil'"):
