@@ -215,6 +215,8 @@ def run_all(
         return _run_subprocesses(todo, n, parallel, tag, log)
     if train_fn is None:
         from krause.train import train_and_evaluate as train_fn
+
+        show_training_log()
     times: list[float] = []
     for done, (i, run, config) in enumerate(todo):
         eta = f"ETA {duration(np.mean(times) * (len(todo) - done))}" if times else "ETA unknown"
@@ -226,6 +228,16 @@ def run_all(
         times.append(time.perf_counter() - start)
         log(f"{tag}run {i + 1}/{n} {run.name} seed {run.seed}: done in {duration(times[-1])}")
     return []
+
+
+def show_training_log() -> None:
+    """The trainer's absl log (progress, ETA, metrics) on stderr, as under `krause.main`."""
+    from absl import logging as absl_logging
+
+    from krause.metrics import quiet_library_logs
+
+    absl_logging.set_verbosity(absl_logging.INFO)
+    quiet_library_logs()
 
 
 def _run_subprocesses(todo, n, parallel, tag, log) -> list[RunSpec]:
@@ -287,18 +299,13 @@ def format_mean_std(mean: float | None, std: float | None, digits: int) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """A table row: `name` names its workdir; `paper_row` its row in `krause.paper` (None: the
-    paper has no such row); `config` the config spec; `overrides` field overrides."""
+    """A table row: `name` is its row in `krause.paper` (on the table's dataset; a name the paper
+    lacks has no paper number) and its workdir; `config` the config spec; `overrides` field
+    overrides (dotted path, value)."""
 
     name: str
     config: str
     overrides: tuple[tuple[str, Any], ...] = ()
-    paper_row: str | None = ""
-    label: str = ""
-
-    @property
-    def paper_key(self) -> str | None:
-        return self.name if self.paper_row == "" else self.paper_row
 
 
 @dataclasses.dataclass(frozen=True)
@@ -679,9 +686,8 @@ def collect(table: Table, scale: str, seeds: int, root: pathlib.Path) -> dict:
         by_row.setdefault(run.name, []).append(run)
     rows = []
     for row in table.rows:
-        key = row.paper_key
-        reported = paper.PAPER.get((table.dataset, key)) if key else None
-        label = row.label or (paper.result(table.dataset, key).label if reported else row.name)
+        reported = paper.PAPER.get((table.dataset, row.name))
+        label = paper.result(table.dataset, row.name).label if reported else row.name
         entries, values = [], []
         params, datasets, steps = set(), set(), set()
         for run in by_row[row.name]:
@@ -841,7 +847,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         epilog=__doc__.split("\n", 1)[1],
     )
     parser.add_argument("name", nargs="?", help="a table or analysis (see --list)")
-    parser.add_argument("--scale", default="reduced", choices=SCALES)
+    parser.add_argument("--scale", default="reduced", choices=SCALES, help="default reduced")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
     parser.add_argument("--workdir_root", help="default workdirs/reproduce/SCALE")
     parser.add_argument("--rows", help="run only these rows (comma separated); all are collected")
