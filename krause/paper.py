@@ -10,7 +10,8 @@ sampling (one H100). Row names follow the model registry, with a leading "k" for
 and "+tag" for variants: "kvit_s4", "vit_b4+rope", "kvit_s4+no_locality+no_top_k", "karm",
 "karm+no_top_k+no_window". `model_of(row)` gives the registry name and overrides of a vision row.
 
-`PAPER[(dataset, row)]` = (metric, value, parameters or None) is the short form used by tables.
+`PAPER[(dataset, row)]` = (metric, value, parameters or None) is the short form used by tables;
+`describe(dataset)` (or `python -m krause.paper [DATASET ...]`) writes the rows as text.
 """
 
 from __future__ import annotations
@@ -195,3 +196,33 @@ def row_name(model_name: str, model: dict) -> str:
         if attention == "krause" and "k0" in model and model["k0"] is None:
             tags.append("no_top_k")
     return "+".join([base, *sorted(tags)])
+
+
+def describe(dataset: str) -> str:
+    """The paper's rows on `dataset` as text (for docstrings and reports), one row a line:
+    "KViT-T: 93.81 top-1 %, 5,362,774 parameters, 0.25 GFLOPs (paper's count)"."""
+    rows = [r for r in RESULTS if r.dataset == dataset]
+    if not rows:
+        raise ValueError(f"The paper reports nothing on {dataset!r}; datasets: {DATASET_LABELS}.")
+    lines = []
+    for r in rows:
+        parts = [f"{r.value:.2f} top-1 %" if r.metric == ACC else f"{r.value:.4f} bits/dim"]
+        if r.params is not None:
+            parts.append(f"{r.params:,} parameters")
+        if r.gflops is not None:
+            parts.append(f"{r.gflops:.2f} GFLOPs (paper's count)")
+        if r.images_per_s is not None:
+            parts.append(f"{r.images_per_s:g} images/s (H100)")
+        if (dataset, r.row) in FIRST_VERSION:
+            parts.append(f"first version {FIRST_VERSION[(dataset, r.row)]:.2f}")
+        if (dataset, r.row) in CIFAR100_PAGE_SWAP:
+            parts.append(f"authors' page {CIFAR100_PAGE_SWAP[(dataset, r.row)]:.2f}")
+        lines.append(f"{r.label}: {', '.join(parts)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    import sys
+
+    for name in sys.argv[1:] or list(DATASET_LABELS):
+        print(f"{DATASET_LABELS.get(name, name)}:\n{describe(name)}\n")

@@ -90,3 +90,21 @@ def test_notes_name_known_rows():
     swap = paper.CIFAR100_PAGE_SWAP
     assert swap[("cifar100", "kvit_s4")] == paper.result("cifar100", "vit_s4").value
     assert swap[("cifar100", "vit_s4")] == paper.result("cifar100", "kvit_s4").value
+
+
+def test_describe_writes_every_row():
+    for dataset in paper.DATASET_LABELS:
+        lines = paper.describe(dataset).splitlines()
+        rows = [r for r in paper.RESULTS if r.dataset == dataset]
+        assert len(lines) == len(rows)
+        for line, r in zip(lines, rows, strict=True):
+            value = f"{r.value:.2f}" if r.metric == paper.ACC else f"{r.value:.4f}"
+            assert line.startswith(f"{r.label}: {value} ")
+            assert r.params is None or f"{r.params:,} parameters" in line
+    first = paper.FIRST_VERSION[("imagenet2012", "vit_s16")]
+    assert f"ViT-S-16: {paper.result('imagenet2012', 'vit_s16').value:.2f} top-1 %" in (
+        paper.describe("imagenet2012")
+    )
+    assert f"first version {first:.2f}" in paper.describe("imagenet2012")
+    with pytest.raises(ValueError, match="nothing on 'svhn'"):
+        paper.describe("svhn")
