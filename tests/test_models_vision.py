@@ -131,7 +131,9 @@ def test_swin_parameter_counts_match_paper(name, expected):
 
 def test_initialisation():
     """Real `init`: documented initial values, float32 parameters under bf16 computation."""
-    vit = get_model("kvit_t4", sigma0=2.5, dtype=jnp.bfloat16, **{**TINY_VIT, "depth": 1})
+    vit = get_model(
+        "kvit_t4", sigma0=2.5, init_scheme="default", dtype=jnp.bfloat16, **{**TINY_VIT, "depth": 1}
+    )
     params = run_jit(lambda x: vit.init({"params": key()}, x, train=False), images())["params"]
     assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     for i in range(vit.depth):
@@ -150,6 +152,67 @@ def test_initialisation():
     np.testing.assert_allclose(attention["log_sigma"], [np.log(4.0)] * 2, rtol=1e-6)
     assert params["stage0_block0"]["relative_position_bias_table"].shape == (49, 2)
     assert "bias" not in params["stage0_merge"]["reduction"]
+
+
+def _init_params(name, **overrides):
+    model = get_model(name, **overrides)
+    x = images(size=model.image_size)
+    return model, run_jit(lambda x: model.init({"params": key(5)}, x, train=False), x)["params"]
+
+
+def _assert_uniform(a, bound):
+    """Samples of U(-bound, bound): inside the bounds, reaching near them, std bound / sqrt 3."""
+    a = np.asarray(a).ravel()
+    assert np.abs(a).max() <= bound and np.abs(a).max() > 0.95 * bound
+    assert abs(a.std() - bound / np.sqrt(3)) < 0.1 * bound / np.sqrt(3)
+
+
+def test_reference_initialisation_draws_from_the_releases_distributions():
+    """init_scheme="reference" (the default of layout "paper"): PyTorch defaults for the Krause ViT,
+    torchvision's VisionTransformer for the softmax baseline (experiments.md)."""
+    size = dict(depth=1, width=64, heads=2, mlp_dim=256)
+    d, m = 64, 256
+    model, p = _init_params("kvit_t4", **size)
+    assert model.resolved_init() == "reference"
+    a = p["block_00"]["attention"]
+    for name in ("query", "key", "value", "out"):
+        _assert_uniform(a[name]["kernel"], d**-0.5)
+        _assert_uniform(a[name]["bias"], d**-0.5)
+    _assert_uniform(p["block_00"]["mlp"]["fc1"]["kernel"], d**-0.5)
+    _assert_uniform(p["block_00"]["mlp"]["fc2"]["kernel"], m**-0.5)
+    _assert_uniform(p["block_00"]["mlp"]["fc2"]["bias"], m**-0.5)
+    _assert_uniform(p["patch_embed"]["proj"]["kernel"], (4 * 4 * 3) ** -0.5)
+    _assert_uniform(p["head"]["kernel"], d**-0.5)
+    assert abs(float(jnp.std(p["pos_embedding"])) - 0.02) < 0.002
+    assert abs(float(jnp.std(p["cls"])) - 0.02) < 0.01
+
+    model, p = _init_params("vit_t4", **size)  # the CIFAR baseline
+    a = p["block_00"]["attention"]
+    for name in ("query", "key", "value"):
+        _assert_uniform(a[name]["kernel"], np.sqrt(6 / (d + 3 * d)))
+        assert not np.any(a[name]["bias"])
+    _assert_uniform(a["out"]["kernel"], d**-0.5)
+    assert not np.any(a["out"]["bias"])
+    _assert_uniform(p["block_00"]["mlp"]["fc1"]["kernel"], np.sqrt(6 / (d + m)))
+    assert 0 < float(jnp.std(p["block_00"]["mlp"]["fc1"]["bias"])) < 2e-6
+    assert abs(float(jnp.std(p["pos_embedding"])) - 1.0) < 0.05
+    assert (
+        not np.any(p["cls"]) and not np.any(p["head"]["kernel"]) and not np.any(p["head"]["bias"])
+    )
+    _assert_uniform(p["patch_embed"]["proj"]["kernel"], (4 * 4 * 3) ** -0.5)
+
+    _, p = _init_params("vit_s16", image_size=64, **size)  # torchvision's ImageNet stem
+    stem = np.asarray(p["patch_embed"]["proj"]["kernel"])
+    assert abs(stem.std() - (16 * 16 * 3) ** -0.5) < 0.05 * (16 * 16 * 3) ** -0.5
+    assert not np.any(p["patch_embed"]["proj"]["bias"])
+    assert abs(float(jnp.std(p["pos_embedding"])) - 0.02) < 0.002
+
+    model, p = _init_params("kvit_t4", layout="pre_ln", **size)  # controlled: our default
+    assert model.resolved_init() == "default" and not np.any(
+        p["block_00"]["attention"]["query"]["bias"]
+    )
+    with pytest.raises(ValueError, match="init_scheme must be"):
+        _init_params("kvit_t4", init_scheme="torch", **size)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,7 +432,7 @@ def test_encoder_block_drop_path_drops_each_branch_per_example(post_ln):
     """Each example's train output is one of the four blocks whose attention and MLP branches are
     scaled by 0 or 1 / keep, built here from the sub-layers without drop-path."""
     batch, width, mlp_dim, rate = 48, 8, 16, 0.5
-    block = EncoderBlock(MultiHeadAttention(2), mlp_dim, post_ln=post_ln, drop_path_rate=rate)
+    block = EncoderBlock(MultiHeadAttention(2), Mlp(mlp_dim), post_ln=post_ln, drop_path_rate=rate)
     x = jax.random.normal(key(1), (batch, 5, width))
     params = block.init({"params": key(2)}, x, train=False)["params"]
     leaves, tree = jax.tree.flatten(params)  # biases start at zero: perturb every parameter

@@ -36,6 +36,7 @@ previous key, Krause a ring buffer of the last `window` keys, linear attention i
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -84,7 +85,9 @@ class MultiHeadAttention(nn.Module):
     qkv_features: int | None = None
     out_features: int | None = None
     kernel_init: Any = nn.initializers.lecun_normal()
+    out_kernel_init: Any = None  # None: kernel_init (as in Flax)
     bias_init: Any = nn.initializers.zeros_init()
+    out_bias_init: Any = None  # None: bias_init
     use_bias: bool = True
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
@@ -150,20 +153,25 @@ class MultiHeadAttention(nn.Module):
                 f"qkv_features {features} is not divisible by num_heads {self.num_heads}."
             )
         head_dim = features // self.num_heads
-        dense = lambda name, **kw: nn.DenseGeneral(
+        dense = functools.partial(
+            nn.DenseGeneral,
             kernel_init=self.kernel_init,
             bias_init=self.bias_init,
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            name=name,
-            **kw,
         )
         heads = (self.num_heads, head_dim)
-        q = dense("query", features=heads)(inputs_q)  # [B, Nq, H, Dh]
-        k = dense("key", features=heads)(inputs_k)
-        v = dense("value", features=heads)(inputs_v)
-        out_proj = dense("out", features=self.out_features or inputs_q.shape[-1], axis=(-2, -1))
+        q = dense(heads, name="query")(inputs_q)  # [B, Nq, H, Dh]
+        k = dense(heads, name="key")(inputs_k)
+        v = dense(heads, name="value")(inputs_v)
+        out_proj = dense(
+            self.out_features or inputs_q.shape[-1],
+            axis=(-2, -1),
+            kernel_init=self.out_kernel_init or self.kernel_init,
+            bias_init=self.out_bias_init or self.bias_init,
+            name="out",
+        )
         if self.rope_grid is not None:
             angles = axial_rope_angles(*self.rope_grid, head_dim, self.rope_base, 1)
             q, k = apply_rope(q, angles), apply_rope(k, angles)

@@ -23,6 +23,20 @@ import numpy as np
 Dtype = Any
 
 dense_init = nn.initializers.truncated_normal(stddev=0.02)
+zeros = nn.initializers.zeros_init()
+# PyTorch's default for nn.Linear and nn.Conv2d weights: kaiming_uniform(a=sqrt(5)), i.e.
+# U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+torch_kernel_init = nn.initializers.variance_scaling(1 / 3, "fan_in", "uniform")
+
+
+def torch_bias_init(fan_in: int) -> nn.initializers.Initializer:
+    """PyTorch's default bias init of a layer with `fan_in` inputs: U(-1/sqrt(fan_in), +)."""
+    bound = fan_in**-0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
 
 
 class Mlp(nn.Module):
@@ -36,17 +50,20 @@ class Mlp(nn.Module):
     dropout_rate: float = 0.0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel_init: Any = dense_init
+    bias_init: Any = zeros
+    fc2_bias_init: Any = None  # None: bias_init
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         dense = functools.partial(
-            nn.Dense, kernel_init=dense_init, dtype=self.dtype, param_dtype=self.param_dtype
+            nn.Dense, kernel_init=self.kernel_init, dtype=self.dtype, param_dtype=self.param_dtype
         )
         out_dim = x.shape[-1] if self.out_dim is None else self.out_dim
-        x = dense(self.hidden_dim, name="fc1")(x)
+        x = dense(self.hidden_dim, bias_init=self.bias_init, name="fc1")(x)
         x = nn.gelu(x, approximate=False)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-        x = dense(out_dim, name="fc2")(x)
+        x = dense(out_dim, bias_init=self.fc2_bias_init or self.bias_init, name="fc2")(x)
         return nn.Dropout(self.dropout_rate, deterministic=not train)(x)
 
 
@@ -79,6 +96,8 @@ class PatchEmbed(nn.Module):
     embed_dim: int
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+    bias_init: Any = zeros
 
     @nn.compact
     def __call__(self, images: jax.Array) -> jax.Array:
@@ -97,7 +116,8 @@ class PatchEmbed(nn.Module):
             strides=(p, p),
             padding="VALID",
             use_bias=True,
-            kernel_init=nn.initializers.lecun_normal(),
+            kernel_init=self.kernel_init,
+            bias_init=self.bias_init,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="proj",

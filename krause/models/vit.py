@@ -24,9 +24,10 @@ all tokens (`full(N)`). Top-k of layer l is `top_k_schedule(k0, depth)[l]`; `k0=
 top-k. `rope=True` rotates q and k with 2-D axial RoPE (`layers.axial_rope_angles`; CLS is not
 rotated); it adds no parameters and is used together with the learned position embedding.
 
-Initialisation: see `krause.models.layers` (Dense trunc-normal 0.02, zero biases, LeCun-normal
-patch convolution); position embedding normal(0.02); CLS zeros; log_sigma = log(sigma0). Both
-attentions share it, unlike the reference code.
+Initialisation (`init_scheme=`, see `vit_initializers`): "reference" reproduces the authors' release
+(PyTorch defaults for the Krause ViT, torchvision's for the softmax baseline) and is the default
+under layout "paper"; "default" (trunc-normal 0.02 Dense kernels, zero biases, LeCun-normal patch
+convolution, the default of the controlled layouts) is the same for both attentions.
 
 Parameter names the trainer relies on: `.../attention/log_sigma` (Krause width, scalar per block
 `block_XX`); embeddings `cls` and `pos_embedding`; LayerNorm `scale`/`bias`; Dense `kernel`/`bias`.
@@ -41,6 +42,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -49,10 +51,21 @@ import numpy as np
 
 from krause.attention import Neighborhood, full, grid_neighborhood
 from krause.models.attention import MultiHeadAttention
-from krause.models.layers import DropPath, Dtype, Mlp, PatchEmbed, dense_init
+from krause.models.layers import (
+    DropPath,
+    Dtype,
+    Mlp,
+    PatchEmbed,
+    dense_init,
+    torch_bias_init,
+    torch_kernel_init,
+    zeros,
+)
 
 ATTENTIONS = ("softmax", "krause")
 LAYOUTS = ("paper", "pre_ln", "post_ln")
+INITS = ("default", "reference")
+Initializer = nn.initializers.Initializer
 
 
 def top_k_schedule(k0: int | None, depth: int) -> tuple[int, ...] | None:
@@ -68,11 +81,82 @@ def top_k_schedule(k0: int | None, depth: int) -> tuple[int, ...] | None:
     return tuple(int(k) for k in np.round(np.linspace(k0, 2 * k0, depth)))
 
 
+class ViTInit(NamedTuple):
+    """The initialisers of every ViT parameter group (see `vit_initializers`)."""
+
+    patch_kernel: Initializer
+    patch_bias: Initializer
+    cls: Initializer
+    pos_embedding: Initializer
+    qkv_kernel: Initializer
+    qkv_bias: Initializer
+    out_kernel: Initializer
+    out_bias: Initializer
+    mlp_kernel: Initializer
+    mlp_bias: Initializer
+    mlp_fc2_bias: Initializer
+    head_kernel: Initializer
+    head_bias: Initializer
+
+
+def vit_initializers(
+    scheme: str, attention: str, patch_size: int, channels: int, width: int, mlp_dim: int
+) -> ViTInit:
+    """Initialisers of a ViT under `scheme` ("default" or "reference").
+
+    default (both attentions, timm / big_vision): Dense kernels trunc-normal(0.02), biases 0,
+      LeCun-normal patch convolution, CLS 0, position embedding N(0, 0.02), head as the Dense.
+    reference (the authors' release; part of the paper's setting):
+      Krause ViT: patch convolution and every Linear at PyTorch's default (weights and biases
+        U(-1/sqrt(fan_in), 1/sqrt(fan_in))); CLS and position embedding N(0, 0.02) (timm's
+        trunc_normal_ cuts at +-2 absolute, i.e. nowhere at std 0.02).
+      softmax ViT (torchvision's VisionTransformer): q/k/v xavier-uniform over the fused [3D, D]
+        in-projection (U(+-sqrt(6 / 4D))), zero biases; out-projection PyTorch default, zero
+        bias; MLP xavier-uniform with N(0, 1e-6) biases; CLS 0; head 0. Patch 4 (the CIFAR
+        baseline): a new patch convolution at PyTorch's default and a position embedding
+        N(0, 1); otherwise torchvision's stem, N(0, 1 / fan_in) with zero bias, and N(0, 0.02).
+    LayerNorm is scale 1, offset 0 everywhere; log_sigma = log(sigma0).
+    """
+    if scheme not in INITS:
+        raise ValueError(f"init_scheme must be one of {INITS}, got {scheme!r}.")
+    normal = nn.initializers.normal
+    patch_fan_in = patch_size * patch_size * channels
+    if scheme == "default":
+        return ViTInit(
+            nn.initializers.lecun_normal(), zeros, zeros, normal(0.02), dense_init, zeros,
+            dense_init, zeros, dense_init, zeros, zeros, dense_init, zeros,
+        )  # fmt: skip
+    if attention == "krause":
+        bias = torch_bias_init(width)
+        return ViTInit(
+            torch_kernel_init, torch_bias_init(patch_fan_in), normal(0.02), normal(0.02),
+            torch_kernel_init, bias, torch_kernel_init, bias, torch_kernel_init, bias,
+            torch_bias_init(mlp_dim), torch_kernel_init, bias,
+        )  # fmt: skip
+    cifar = patch_size == 4
+    return ViTInit(
+        torch_kernel_init if cifar else nn.initializers.variance_scaling(1.0, "fan_in", "normal"),
+        torch_bias_init(patch_fan_in) if cifar else zeros,
+        zeros,
+        normal(1.0 if cifar else 0.02),
+        # xavier-uniform over [3D, D]: bound sqrt(6 / (D + 3D)) = sqrt(3 * 0.5 / D)
+        nn.initializers.variance_scaling(0.5, "fan_in", "uniform"),
+        zeros,
+        torch_kernel_init,
+        zeros,
+        nn.initializers.xavier_uniform(),
+        normal(1e-6),
+        normal(1e-6),
+        zeros,
+        zeros,
+    )
+
+
 class EncoderBlock(nn.Module):
     """Attention + MLP with residuals and drop-path, pre-LN (`post_ln=False`) or post-LN."""
 
     attention: MultiHeadAttention
-    mlp_dim: int
+    mlp: Mlp
     post_ln: bool = False
     layer_norm_eps: float = 1e-6
     drop_path_rate: float = 0.0
@@ -89,7 +173,7 @@ class EncoderBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )
-        mlp = Mlp(self.mlp_dim, None, self.dropout_rate, self.dtype, self.param_dtype, name="mlp")
+        mlp = self.mlp
         drop = nn.Dropout(self.dropout_rate, deterministic=not train)
         drop_path = functools.partial(DropPath(self.drop_path_rate), train=train)
         attend = lambda y: drop(self.attention(y, sow_weights=self.capture))
@@ -132,6 +216,7 @@ class ViT(nn.Module):
     radius: int = 1
     metric: str = "manhattan"
     attention_impl: str = "auto"
+    init_scheme: str | None = None  # "default" | "reference"; None: "reference" if layout "paper"
     # analysis and precision
     capture: bool = False
     dtype: Dtype = jnp.float32
@@ -161,6 +246,11 @@ class ViT(nn.Module):
             return self.layer_norm_eps
         return 1e-5 if (self.layout == "paper" and self.attention == "krause") else 1e-6
 
+    def resolved_init(self) -> str:
+        if self.init_scheme is not None:
+            return self.init_scheme
+        return "reference" if self.layout == "paper" else "default"
+
     def top_k_per_layer(self) -> tuple[int | None, ...]:
         """Top-k of each block (None: keep the whole neighbourhood); softmax: all None."""
         schedule = top_k_schedule(self.k0, self.depth) if self.attention == "krause" else None
@@ -185,6 +275,10 @@ class ViT(nn.Module):
             )
         if self.width % self.heads:
             raise ValueError(f"width {self.width} is not divisible by heads {self.heads}.")
+        if self.init_scheme not in (None, *INITS):
+            raise ValueError(
+                f"init_scheme must be None or one of {INITS}, got {self.init_scheme!r}."
+            )
 
     @nn.compact
     def __call__(self, images: jax.Array, *, train: bool) -> jax.Array:
@@ -194,18 +288,25 @@ class ViT(nn.Module):
             raise ValueError(
                 f"images must be [B, {expected[0]}, {expected[1]}, C], got {images.shape}."
             )
+        init = vit_initializers(
+            self.resolved_init(), self.attention, self.patch_size, images.shape[-1], self.width,
+            self.mlp_dim,
+        )  # fmt: skip
         x = PatchEmbed(
-            self.patch_size, self.width, self.dtype, self.param_dtype, name="patch_embed"
+            self.patch_size,
+            self.width,
+            self.dtype,
+            self.param_dtype,
+            init.patch_kernel,
+            init.patch_bias,
+            name="patch_embed",
         )(images)
         batch = x.shape[0]
         x = x.reshape(batch, -1, self.width)
-        cls = self.param("cls", nn.initializers.zeros, (1, 1, self.width), self.param_dtype)
+        cls = self.param("cls", init.cls, (1, 1, self.width), self.param_dtype)
         x = jnp.concatenate([jnp.broadcast_to(cls, (batch, 1, self.width)).astype(x.dtype), x], 1)
         pos = self.param(
-            "pos_embedding",
-            nn.initializers.normal(stddev=0.02),
-            (1, self.num_tokens, self.width),
-            self.param_dtype,
+            "pos_embedding", init.pos_embedding, (1, self.num_tokens, self.width), self.param_dtype
         )
         x = x + pos.astype(x.dtype)
         x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
@@ -224,14 +325,27 @@ class ViT(nn.Module):
                 rope_grid=self.grid if self.rope else None,
                 rope_base=self.rope_base,
                 impl=self.attention_impl,
-                kernel_init=dense_init,
+                kernel_init=init.qkv_kernel,
+                bias_init=init.qkv_bias,
+                out_kernel_init=init.out_kernel,
+                out_bias_init=init.out_bias,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 parent=None,  # adopted by the block as its `attention`
             )
+            mlp = Mlp(
+                self.mlp_dim,
+                dropout_rate=self.dropout_rate,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=init.mlp_kernel,
+                bias_init=init.mlp_bias,
+                fc2_bias_init=init.mlp_fc2_bias,
+                parent=None,
+            )
             x = EncoderBlock(
                 attention,
-                self.mlp_dim,
+                mlp,
                 post_ln=self.post_ln,
                 layer_norm_eps=self.resolved_layer_norm_eps(),
                 drop_path_rate=float(drop_path[i]),
@@ -249,7 +363,8 @@ class ViT(nn.Module):
         )(x)
         logits = nn.Dense(
             self.num_classes,
-            kernel_init=dense_init,
+            kernel_init=init.head_kernel,
+            bias_init=init.head_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="head",
