@@ -86,6 +86,8 @@ def parse_grid(config, grids: Sequence[str]) -> list[tuple[str, list[Any]]]:
         field = field.strip().removeprefix("config.")
         if not sep or not field or not values.strip():
             raise ValueError(f"--grid {grid!r}: expected FIELD=V1,V2,... (e.g. lr=1e-3,3e-4).")
+        if field == "seed":
+            raise ValueError("--grid seed=...: seeds are given by --seeds N (config seed + i).")
         if field in seen:
             raise ValueError(f"--grid gives field {field!r} twice.")
         seen.add(field)

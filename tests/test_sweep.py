@@ -121,6 +121,8 @@ def test_grid_values_are_typed_and_checked():
         sweep.parse_grid(config, ["lr=fast"])
     with pytest.raises(ValueError, match="expected FIELD=V1,V2"):
         sweep.parse_grid(config, ["lr"])
+    with pytest.raises(ValueError, match="--seeds N"):
+        sweep.parse_grid(config, ["seed=1,2"])
     with pytest.raises(ValueError, match="twice"):
         sweep.parse_grid(config, ["lr=1", "lr=2"])
 
