@@ -926,4 +926,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except (ValueError, FileNotFoundError) as error:  # bad input: the message, no traceback
+        sys.exit(f"error: {error}")
