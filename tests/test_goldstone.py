@@ -15,6 +15,7 @@ import scipy.stats
 
 import krause.goldstone as gs
 from krause.goldstone import train as gtrain
+from krause.goldstone.physics import order_parameter
 
 N = 64
 
@@ -182,34 +183,17 @@ def test_orbit_transport_through_100_layers(rng, group, k, std):
     assert 0.05 < goldstone_gain < 2  # |T x_L| / |T x_0|: order one (radii ~ tanh(r) / r0)
 
 
-def order_parameter(group, k, sigma, networks=16, inputs=32, last=30, depth=100):
-    """c = mean squared block radius over the last `last` layers, averaged over networks."""
-    std = sigma / gs.sigma_w(1.0, N, group, k)
-    stack = gs.InteriorStack(group, N, depth, std, k)
-    x = jax.random.normal(jax.random.key(1), (inputs, N))
-
-    def one(key):
-        params = stack.init(key, x)
-        _, radii = stack.apply(params, x)  # radii [depth, inputs]: mean block radius per layer
-        return radii[-last:]
-
-    radii = jax.jit(jax.vmap(one))(jax.random.split(jax.random.key(0), networks))
-    return float(jnp.mean(radii)), float(jnp.mean(radii**2))
-
-
 def test_order_parameter_transition():
-    """Zero below sigma_w = 1, positive above, near the large-N mean-field values for U(1)."""
+    """Zero below sigma_w = 1, positive above; near the large-N mean-field values for U(1)."""
+    sigmas = [0.5, 0.8, 1.5, 2.8]
     for group, k in (("u1", None), ("ok", 4)):
-        for sigma in (0.5, 0.8):
-            radius, _ = order_parameter(group, k, sigma)
-            assert radius < 1e-6, (group, sigma, radius)
-        for sigma in (1.5, 2.8):
-            radius, _ = order_parameter(group, k, sigma)
-            assert radius > 0.3, (group, sigma, radius)
-    # mean-field c (mean |z|^2 per unit): 0.48 at sigma_w 1.5, 0.83 at 2.8 (loose: N = 64)
-    for sigma, c_mean_field in ((1.5, 0.48), (2.8, 0.83)):
-        _, c = order_parameter("u1", None, sigma)
-        assert abs(c - c_mean_field) < 0.1, (sigma, c)
+        op = order_parameter(group, k, sigmas, networks=12, inputs=16)
+        assert np.all(op["radius"][:2] < 1e-6), (group, op["radius"])
+        assert np.all(op["radius"][2:] > 0.3), (group, op["radius"])
+        block = 2 if group == "u1" else 4
+        assert np.allclose(op["radius_over_sqrt"], op["radius"] / np.sqrt(N / block))
+        if group == "u1":  # mean-field c = mean |z|^2: 0.48 at sigma_w 1.5, 0.83 at 2.8 (N = 64)
+            assert np.allclose(op["c"][2:], [0.48, 0.83], atol=0.1), op["c"]
 
 
 def test_initialisation_distributions(rng):
