@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib.util
+import json
 import logging
 import math
 import pathlib
@@ -263,6 +264,63 @@ def validate_config(
                 f"warm-up of {warmup} steps (config.warmup_*) is not allowed: it exceeds the"
                 f" {total} steps of the run."
             )
+
+
+# ------------------------------------------------------------------------------ saved configs
+
+_TYPES = {t.__name__: t for t in (int, float, str, bool, tuple, list, dict, object)}
+
+
+def config_to_typed_json(config: ConfigDict) -> str:
+    """`config` as JSON that `config_from_typed_json` turns back into an equal ConfigDict:
+    plain JSON values, except tuples ({"__tuple__": [...]}) and typed placeholders holding None
+    ({"__none__": "float"}), which plain JSON would turn into lists and untyped Nones."""
+
+    def encode(node: Any, key: str, path: str) -> Any:
+        value = node[key]
+        if isinstance(value, ConfigDict):
+            return {k: encode(value, k, f"{path}{k}.") for k in value}
+        return encode_value(value, node.get_type(key), path.rstrip("."))
+
+    def encode_value(value: Any, field_type: type, path: str) -> Any:
+        if value is None:
+            name = field_type.__name__
+            return None if field_type is type(None) else {"__none__": _type_name(name, path)}
+        if isinstance(value, tuple | list):
+            items = [encode_value(v, type(v), path) for v in value]
+            return {"__tuple__": items} if isinstance(value, tuple) else items
+        if isinstance(value, bool | int | float | str):
+            return value
+        raise TypeError(f"config.{path}={value!r}: a saved config holds no {type(value)}.")
+
+    tree = {k: encode(config, k, f"{k}.") for k in config}
+    return json.dumps(tree, indent=2) + "\n"
+
+
+def _type_name(name: str, path: str) -> str:
+    if name not in _TYPES:
+        raise TypeError(f"config.{path}: a saved config holds no placeholder of type {name}.")
+    return name
+
+
+def config_from_typed_json(text: str) -> ConfigDict:
+    """The ConfigDict that `config_to_typed_json` wrote (field types and placeholders kept)."""
+
+    def decode(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"__tuple__"}:
+                return tuple(decode(v) for v in value["__tuple__"])
+            if set(value) == {"__none__"}:
+                return _placeholder(_TYPES[value["__none__"]])
+            config = ConfigDict()
+            for key, item in value.items():
+                config[key] = decode(item)
+            return config
+        if isinstance(value, list):
+            return [decode(v) for v in value]
+        return value
+
+    return decode(json.loads(text))
 
 
 # ------------------------------------------------------------------------------ config files

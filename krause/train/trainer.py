@@ -4,16 +4,23 @@ Read it top to bottom: setup, mesh, input, model and optimizer, checkpoint resto
 evaluation steps, training loop. The config schema is `krause.train.config.base_config`.
 
 What a run leaves in `workdir`:
-  config.json           the resolved config
+  config.json           the resolved config (plain JSON, to read)
+  config_typed.json     the same with its field types, read back by `krause.runs.load_run`
   checkpoints/<step>/   orbax checkpoints (params, optimizer state, rng; the step is the data
                         position), written atomically, the last `keep_checkpoints` kept
+  checkpoints_corrupt/  checkpoints found unreadable when resuming, moved aside for inspection
   metrics.jsonl         one JSON object per logging/evaluation step
   events.out.tfevents.* the same scalars for TensorBoard
   results.json          the final metrics (test metrics at the last step; no selection)
 
 Resuming: a run started again with the same workdir continues from its latest checkpoint and
 reproduces the uninterrupted run exactly (the data stream is a function of seed and step, and
-the dropout key of step s is fold_in(rng, s)).
+the dropout key of step s is fold_in(rng, s)). If the latest checkpoint cannot be read
+(truncated or corrupted files), it is moved to `checkpoints_corrupt/` with a warning and the run
+resumes from the newest intact one.
+
+Divergence: a non-finite loss or gradient norm stops the run with `DivergenceError` naming the
+step; no checkpoint of a non-finite state is written.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shutil
 import time
 from typing import Any
 
@@ -41,9 +49,21 @@ from krause import data as kdata
 from krause.metrics import create_metric_writer, read_metrics
 from krause.models import get_model
 from krause.train import optim, tasks
-from krause.train.config import DTYPE_NAMES, resolve_steps, validate_config
+from krause.train.config import (
+    DTYPE_NAMES,
+    config_to_typed_json,
+    resolve_steps,
+    validate_config,
+)
 
 DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}
+CHECKPOINTS = "checkpoints"  # workdir/checkpoints/<step>/
+CORRUPT_CHECKPOINTS = "checkpoints_corrupt"
+TYPED_CONFIG = "config_typed.json"
+
+
+class DivergenceError(FloatingPointError):
+    """The loss or the gradient norm of a training step is not finite."""
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> dict:
@@ -61,6 +81,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     if is_main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        (workdir / TYPED_CONFIG).write_text(config_to_typed_json(config))
     task = tasks.task_of(config.input)
     model = build_model(config, info, task)
     check_dataset_prepared(config.input)
@@ -125,18 +146,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     logging.info("%s: %s parameters.", config.model_name, f"{num_params:,}")
 
     # ------------------------------------------------------------------ checkpoint restore
-    manager = ocp.CheckpointManager(
-        workdir / "checkpoints",
-        options=ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True),
-    )
-    start_step = manager.latest_step() or 0
+    manager, start_step, state = restore_newest_intact(workdir, config, abstract_state, is_main)
     if start_step > total_steps:
         raise ValueError(f"Checkpoint step {start_step} is beyond total_steps {total_steps}.")
     if start_step:
-        state = manager.restore(start_step, args=ocp.args.StandardRestore(abstract_state))
-        logging.info("Resumed from %s at step %d.", workdir / "checkpoints", start_step)
+        logging.info("Resumed from %s at step %d.", workdir / CHECKPOINTS, start_step)
     else:
         state = jax.jit(init_state, out_shardings=replicated)(init_key)
+    last_saved = start_step
     writer = create_metric_writer(workdir, is_main=is_main, resume_step=start_step)
 
     # ------------------------------------------------------------------ update step
@@ -157,6 +174,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
         params = optax.apply_updates(state["params"], updates)
         metrics["grad_norm"] = optax.tree.norm(grads)
+        metrics["param_norm"] = optax.tree.norm(params)
+        metrics["update_norm"] = optax.tree.norm(updates)  # 0 until the last micro-batch
         return {**state, "params": params, "opt_state": opt_state}, metrics
 
     train_step = jax.jit(
@@ -167,17 +186,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     )
 
     # ------------------------------------------------------------------ evaluation
-    @jax.jit
-    def eval_step(params, batch):
-        logits = model.apply({"params": params}, tasks.model_input(task, batch), train=False)
-        return tasks.eval_sums(task, logits, batch)
-
-    def evaluate(params) -> dict[str, float]:
-        """Metrics over the whole test split (every example once; padding masked out)."""
-        sums = None
-        for local_batch in kdata.make_eval_batches(config.input, source=test_source):
-            sums = tasks.add_sums(sums, eval_step(params, to_global(local_batch, batch_sharding)))
-        return tasks.eval_metrics(task, sums, dims_per_image=example.size)
+    evaluate = make_evaluate(config, model, task, info, batch_sharding, source=test_source)
 
     # ------------------------------------------------------------------ training loop
     train_iter = kdata.make_train_iterator(
@@ -188,14 +197,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         num_train_steps=total_steps, every_steps=config.log_every_steps, every_secs=None
     )
     pending: list[dict[str, jax.Array]] = []  # metrics since the last log
+    pending_check: list[dict[str, jax.Array]] = []  # metrics of the last step, to check
     last_train: dict[str, float] = {}
     final_eval: dict[str, float] = {}
     try:
         for step in range(start_step + 1, total_steps + 1):
+            step_metrics = []
             for micro in range(accum):
                 batch = to_global(next(train_iter), batch_sharding)
                 state, metrics = train_step(state, batch, np.int32((step - 1) * accum + micro))
-                pending.append(metrics)
+                if micro < accum - 1:  # the optimizer updates after the last micro-batch only
+                    metrics = {k: v for k, v in metrics.items() if k not in _UPDATE_METRICS}
+                step_metrics.append(metrics)
+            # Checked one step late (the device is then a step ahead), and before any saving.
+            check_finite(step - 1, pending_check, workdir, last_saved)
+            pending_check = step_metrics
+            pending.extend(step_metrics)
             timer.step_done(step, state)
             progress(step)
 
@@ -207,8 +224,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 writer.write_scalars(step, {**last_train, **sigma_metrics(state["params"])})
 
             if step % checkpoint_every == 0 or step == total_steps:
+                check_finite(step, pending_check, workdir, last_saved)
                 with timer.paused(), progress.timed("checkpoint", wait_jax_async_dispatch=False):
                     manager.save(step, args=ocp.args.StandardSave(state))
+                last_saved = step
 
             if step % eval_every == 0 or step == total_steps:
                 with timer.paused(), progress.timed("eval", wait_jax_async_dispatch=False):
@@ -347,8 +366,103 @@ def last_train_record(workdir: pathlib.Path) -> dict[str, float]:
 
 
 def mean_metrics(metrics: list[dict[str, jax.Array]]) -> dict[str, float]:
+    """Each metric's mean over the entries that hold it."""
     fetched = jax.device_get(metrics)
-    return {k: float(np.mean([m[k] for m in fetched])) for k in fetched[0]}
+    names = dict.fromkeys(k for m in fetched for k in m)
+    return {k: float(np.mean([m[k] for m in fetched if k in m])) for k in names}
+
+
+_UPDATE_METRICS = ("param_norm", "update_norm")
+
+
+def check_finite(step: int, metrics: list[dict[str, jax.Array]], workdir, last_saved: int):
+    """Raises DivergenceError if the loss or gradient norm of `step`'s `metrics` (one dict per
+    micro-batch) is not finite."""
+    if not metrics:
+        return
+    values = jax.device_get([{k: m[k] for k in ("loss", "grad_norm")} for m in metrics])
+    if all(np.isfinite(v).all() for m in values for v in m.values()):
+        return
+    shown = ", ".join(f"{k} {float(m[k]):.4g}" for m in values for k in ("loss", "grad_norm"))
+    kept = (
+        f"the last good checkpoint is step {last_saved} in {workdir / CHECKPOINTS}"
+        if last_saved
+        else "no checkpoint was written"
+    )
+    raise DivergenceError(
+        f"Training diverged at step {step}: {shown}. The run stops; {kept}. Lower config.lr,"
+        " set config.grad_clip_norm or check the input data."
+    )
+
+
+def restore_newest_intact(workdir: pathlib.Path, config, abstract_state, is_main: bool):
+    """(checkpoint manager, step, state) of the newest checkpoint that can be restored
+    ((manager, 0, None) without checkpoints).
+
+    A checkpoint that fails to restore while an older one restores is unreadable (truncated,
+    corrupted): it is moved to `workdir/checkpoints_corrupt/<step>` with a warning. If none
+    restores (e.g. the config no longer matches them), the newest one's error is raised and
+    nothing is moved.
+    """
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+    manager = ocp.CheckpointManager(workdir / CHECKPOINTS, options=options)
+    failed: list[tuple[int, Exception]] = []
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            state = manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+        except Exception as error:  # orbax/tensorstore raise several types for bad files
+            failed.append((step, error))
+            continue
+        if not failed:
+            return manager, step, state
+        manager.close()
+        for bad, error in failed:
+            target = workdir / CORRUPT_CHECKPOINTS / str(bad)
+            logging.warning(
+                "Checkpoint %s is unreadable (%s: %s); moved to %s, resuming from step %d.",
+                workdir / CHECKPOINTS / str(bad),
+                type(error).__name__,
+                str(error).splitlines()[0][:300] if str(error) else "",
+                target,
+                step,
+            )
+            if is_main:
+                if target.exists():
+                    target = target.with_name(f"{bad}_{int(time.time())}")
+                target.parent.mkdir(exist_ok=True)
+                shutil.move(workdir / CHECKPOINTS / str(bad), target)
+        if jax.process_count() > 1:
+            ocp.multihost.sync_global_processes("krause_moved_corrupt_checkpoints")
+        return ocp.CheckpointManager(workdir / CHECKPOINTS, options=options), step, state
+    if failed:
+        step, error = failed[0]
+        raise RuntimeError(
+            f"No checkpoint in {workdir / CHECKPOINTS} can be restored (steps"
+            f" {', '.join(str(s) for s, _ in failed)}); the newest, step {step}, fails with"
+            f" {type(error).__name__}: {str(error)[:500]}. If the config still matches the run,"
+            " the checkpoints are damaged: move them away to start the run from scratch."
+        ) from error
+    return manager, 0, None
+
+
+def make_evaluate(config, model, task: str, info: kdata.DatasetInfo, batch_sharding, source=None):
+    """`evaluate(params) -> {"test/...": value}`: metrics over the whole test split (every
+    example once, padding masked out), batches split over `batch_sharding`'s devices.
+    `source`: the test split's examples (None: read from the prepared files)."""
+    example = example_input(config.input, info, task)
+
+    @jax.jit
+    def eval_step(params, batch):
+        logits = model.apply({"params": params}, tasks.model_input(task, batch), train=False)
+        return tasks.eval_sums(task, logits, batch)
+
+    def evaluate(params) -> dict[str, float]:
+        sums = None
+        for local_batch in kdata.make_eval_batches(config.input, source=source):
+            sums = tasks.add_sums(sums, eval_step(params, to_global(local_batch, batch_sharding)))
+        return tasks.eval_metrics(task, sums, dims_per_image=example.size)
+
+    return evaluate
 
 
 def sigma_metrics(params) -> dict[str, float]:
