@@ -184,7 +184,7 @@ def _g(x) -> str:
 
 def print_table(rows: list[dict]) -> None:
     columns = ("patch", "qkvo", "attn", "mlp", "head", "honest", "XLA", "diff", "-proj", "refcnt")
-    header = f"{'model':<26}{'params':>12}{'paper':>12} " + "".join(f"{c:>8}" for c in columns)
+    header = f"{'model':<30}{'params':>12}{'paper':>12} " + "".join(f"{c:>8}" for c in columns)
     print(header + f"{'paper':>8}  XLA impl")
     print("-" * (len(header) + 18))
     for r in rows:
@@ -204,7 +204,7 @@ def print_table(rows: list[dict]) -> None:
         paper, paper_params = r.get("paper_gflops"), r.get("paper_params")
         paper_params = "-" if paper_params is None else f"{paper_params:,}"
         print(
-            f"{r['label']:<26}{r['params']:>12,}{paper_params:>12} "
+            f"{r['label']:<30}{r['params']:>12,}{paper_params:>12} "
             + "".join(f"{c:>8}" for c in cells)
             + f"{'-' if paper is None else f'{paper:.2f}':>8}  {r.get('compiled_impl', '-')}"
         )
