@@ -11,8 +11,8 @@ Arguments (after the colon, comma separated):
   decay_all       weight-decay every parameter, as the paper's reference code does
   smoke           a tiny Swin (embed 16, depths 2-0-1-0), 3 steps of 8 images
 
-Paper (top-1 %, CIFAR-10): Swin-T 90.73, KSwin-T 91.09. Parameters: Swin-T 27,510,484,
-KSwin-T 27,510,622 (one sigma per head per block).
+The paper's numbers are listed at the end of this docstring (from `krause.paper`); KSwin-T has
+one sigma per head per block.
 
 Recipe (experiments.md): the CIFAR ViT recipe (AdamW (0.9, 0.999), batch 256, 300 epochs, cosine,
 clipping 1.0, RandomCrop pad 4, flip, CutMix/MixUp, smoothing 0.1, seed 3407) with lr 2e-3,
@@ -21,8 +21,12 @@ depths 2-2-6-2, heads 3-6-12-24; KSwin sigma0 4.0 per head, no top-k.
 Runtime: not measured here (no accelerator).
 """
 
+from krause import paper
 from krause.data import get_dataset_info
 from krause.train import config as tc
+
+# The paper's numbers (krause.paper, the one source), appended to this docstring.
+__doc__ += "\nPaper, CIFAR-10 (the Swin rows are Swin-T, KSwin-T):\n" + paper.describe("cifar10")
 
 MODELS = ("swin_t", "kswin_t")
 SMOKE_MODEL = dict(embed_dim=16, depths=(2, 0, 1, 0), heads=(1, 1, 2, 2))

@@ -15,11 +15,7 @@ Arguments (after the colon, comma separated):
   layout, rope, top_k, locality, decay_all, smoke   the ViT variants (krause.train.vit_variants);
                   smoke runs on 64x64 crops
 
-Paper (top-1 %, 224x224, final epoch):
-  KViT-S-16 76.39  ViT-S-16 75.54 | KViT-S-32 72.04  ViT-S-32 70.66 | KViT-B-16 76.75  ViT-B-16 75.85
-  (RoPE) KViT-B-16 78.61  ViT-B-16 78.40 | KViT-B-32 71.49  ViT-B-32 69.90
-  (a first version of the paper: ViT-S-16 74.04, KViT-S-16 75.69)
-Parameters: ViT-S-16 22,050,664 / KViT-S-16 22,050,676.
+The paper's numbers are listed at the end of this docstring (from `krause.paper`).
 
 Recipe (experiments.md): AdamW (0.9, 0.999), wd 0.05, global batch 1024, 300 epochs (375,300
 steps), 10 warm-up epochs then cosine, lr 1e-3 (ViT) / 5e-4 (KViT), RandomResizedCrop(224, 0.08-1),
@@ -29,8 +25,12 @@ drop-path 0.1, the clipped 5x5 window plus CLS. Clipping at global norm 1.0 as i
 (the paper does not state it for ImageNet). Runtime: not measured here (no accelerator).
 """
 
+from krause import paper
 from krause.train import config as tc
 from krause.train import vit_variants as vv
+
+# The paper's numbers (krause.paper, the one source), appended to this docstring.
+__doc__ += "\nPaper, ImageNet-1K:\n" + paper.describe("imagenet2012")
 
 MODELS = (
     "vit_s16",

@@ -23,46 +23,46 @@ CONFIGS = pathlib.Path(__file__).resolve().parents[1] / "configs"
 # tests in tests/test_goldstone*.py).
 FILES = sorted(p.name for p in CONFIGS.glob("*.py") if not p.name.startswith("goldstone"))
 
-# experiments.md: parameter counts of the table rows.
-PARAMS = {
-    ("cifar_vit.py", "model=vit_t4,dataset=cifar10"): 5_362_762,
-    ("cifar_vit.py", "model=kvit_t4,dataset=cifar10"): 5_362_774,
-    ("cifar_vit.py", "model=vit_s4,dataset=cifar10"): 21_342_346,
-    ("cifar_vit.py", "model=kvit_s4,dataset=cifar10"): 21_342_358,
-    ("cifar_vit.py", "model=vit_b4,dataset=cifar10"): 85_152_010,
-    ("cifar_vit.py", "model=kvit_b4,dataset=cifar10"): 85_152_022,
-    ("cifar_vit.py", "model=vit_t4,dataset=cifar100"): 5_380_132,
-    ("cifar_vit.py", "model=kvit_t4,dataset=cifar100"): 5_380_144,
-    ("cifar_vit.py", "model=vit_s4,dataset=cifar100"): 21_376_996,
-    ("cifar_vit.py", "model=kvit_s4,dataset=cifar100"): 21_377_008,
-    ("cifar_vit.py", "model=vit_b4,dataset=cifar100"): 85_221_220,
-    ("cifar_vit.py", "model=kvit_b4,dataset=cifar100"): 85_221_232,
-    ("cifar_vit.py", "model=vit_b4,dataset=cifar10,rope"): 85_152_010,
-    ("cifar_vit.py", "model=kvit_b4,dataset=cifar10,rope"): 85_152_022,
-    ("cifar_vit.py", "model=vit_b4,dataset=cifar100,rope"): 85_221_220,
-    ("cifar_vit.py", "model=kvit_b4,dataset=cifar100,rope"): 85_221_232,
-    ("cifar_vit.py", "model=kvit_s4,dataset=cifar10,top_k=none"): 21_342_358,
-    ("cifar_vit.py", "model=kvit_s4,dataset=cifar10,top_k=none,locality=false"): 21_342_358,
-    ("imagenet_vit.py", "model=vit_s16"): 22_050_664,
-    ("imagenet_vit.py", "model=kvit_s16"): 22_050_676,
-    ("imagenet_vit.py", "model=vit_s32"): 22_878_952,
-    ("imagenet_vit.py", "model=kvit_s32"): 22_878_964,
-    ("imagenet_vit.py", "model=vit_b16"): 86_567_656,
-    ("imagenet_vit.py", "model=kvit_b16"): 86_567_668,
-    ("imagenet_vit.py", "model=vit_b32"): 88_224_232,
-    ("imagenet_vit.py", "model=kvit_b32"): 88_224_244,
-    ("imagenet_vit.py", "model=vit_b16,rope"): 86_567_656,
-    ("imagenet_vit.py", "model=kvit_b16,rope"): 86_567_668,
-    ("cifar_swin.py", "model=swin_t"): 27_510_484,
-    ("cifar_swin.py", "model=kswin_t"): 27_510_622,
-    ("pixel_ar.py", "dataset=mnist,attention=krause"): 9_809_760,
-    ("pixel_ar.py", "dataset=mnist,attention=linear"): 9_809_664,
-    ("pixel_ar.py", "dataset=mnist,attention=softmax"): 9_809_664,
-    ("pixel_ar.py", "dataset=mnist,attention=krause,window=none,top_k=none"): 9_809_760,
-    ("pixel_ar.py", "dataset=cifar10,attention=krause"): 52_274_560,
-    ("pixel_ar.py", "dataset=cifar10,attention=linear"): 52_274_432,
-    ("pixel_ar.py", "dataset=cifar10,attention=softmax"): 52_274_432,
-}
+# The configs of table rows whose parameter count the paper gives (krause.paper).
+ROW_CONFIGS = [
+    ("cifar_vit.py", "model=vit_t4,dataset=cifar10"),
+    ("cifar_vit.py", "model=kvit_t4,dataset=cifar10"),
+    ("cifar_vit.py", "model=vit_s4,dataset=cifar10"),
+    ("cifar_vit.py", "model=kvit_s4,dataset=cifar10"),
+    ("cifar_vit.py", "model=vit_b4,dataset=cifar10"),
+    ("cifar_vit.py", "model=kvit_b4,dataset=cifar10"),
+    ("cifar_vit.py", "model=vit_t4,dataset=cifar100"),
+    ("cifar_vit.py", "model=kvit_t4,dataset=cifar100"),
+    ("cifar_vit.py", "model=vit_s4,dataset=cifar100"),
+    ("cifar_vit.py", "model=kvit_s4,dataset=cifar100"),
+    ("cifar_vit.py", "model=vit_b4,dataset=cifar100"),
+    ("cifar_vit.py", "model=kvit_b4,dataset=cifar100"),
+    ("cifar_vit.py", "model=vit_b4,dataset=cifar10,rope"),
+    ("cifar_vit.py", "model=kvit_b4,dataset=cifar10,rope"),
+    ("cifar_vit.py", "model=vit_b4,dataset=cifar100,rope"),
+    ("cifar_vit.py", "model=kvit_b4,dataset=cifar100,rope"),
+    ("cifar_vit.py", "model=kvit_s4,dataset=cifar10,top_k=none"),
+    ("cifar_vit.py", "model=kvit_s4,dataset=cifar10,top_k=none,locality=false"),
+    ("imagenet_vit.py", "model=vit_s16"),
+    ("imagenet_vit.py", "model=kvit_s16"),
+    ("imagenet_vit.py", "model=vit_s32"),
+    ("imagenet_vit.py", "model=kvit_s32"),
+    ("imagenet_vit.py", "model=vit_b16"),
+    ("imagenet_vit.py", "model=kvit_b16"),
+    ("imagenet_vit.py", "model=vit_b32"),
+    ("imagenet_vit.py", "model=kvit_b32"),
+    ("imagenet_vit.py", "model=vit_b16,rope"),
+    ("imagenet_vit.py", "model=kvit_b16,rope"),
+    ("cifar_swin.py", "model=swin_t"),
+    ("cifar_swin.py", "model=kswin_t"),
+    ("pixel_ar.py", "dataset=mnist,attention=krause"),
+    ("pixel_ar.py", "dataset=mnist,attention=linear"),
+    ("pixel_ar.py", "dataset=mnist,attention=softmax"),
+    ("pixel_ar.py", "dataset=mnist,attention=krause,window=none,top_k=none"),
+    ("pixel_ar.py", "dataset=cifar10,attention=krause"),
+    ("pixel_ar.py", "dataset=cifar10,attention=linear"),
+    ("pixel_ar.py", "dataset=cifar10,attention=softmax"),
+]
 
 # Variants beyond the sweeps: smoke runs, the quick start, layouts and flags.
 EXTRA = {
@@ -108,7 +108,7 @@ VARIANTS = _variants()
 
 def test_every_config_file_is_covered():
     assert set(EXTRA) == set(FILES)
-    assert {key for key in PARAMS} <= set(VARIANTS)
+    assert set(ROW_CONFIGS) <= set(VARIANTS)
 
 
 @pytest.mark.parametrize(("file", "arg"), VARIANTS, ids=[f"{f}:{a}" for f, a in VARIANTS])
@@ -142,8 +142,9 @@ def test_config_loads_and_builds_its_model(file, arg):
         assert model.num_classes == info.num_classes
     shapes = jax.eval_shape(lambda x: model.init({"params": jax.random.key(0)}, x, train=False), x)
     count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(shapes["params"]))
-    if (file, arg) in PARAMS:
-        assert count == PARAMS[(file, arg)]
+    if (file, arg) in ROW_CONFIGS:
+        row = row_name(config.model_name, config.model.to_dict())
+        assert count == PAPER[(config.input.dataset, row)][2]
 
 
 def test_paper_recipes_are_the_defaults():
@@ -182,12 +183,10 @@ def test_config_argument_parsing():
         tc.parse_arg("rope=maybe", rope=False)
 
 
-@pytest.mark.parametrize(
-    ("file", "arg"), sorted(PARAMS), ids=[f"{f}:{a}" for f, a in sorted(PARAMS)]
-)
+@pytest.mark.parametrize(("file", "arg"), ROW_CONFIGS, ids=[f"{f}:{a}" for f, a in ROW_CONFIGS])
 def test_table_row_configs_map_to_the_papers_row(file, arg):
     """scripts/collect_results.py finds each table row's paper number from its config."""
     config = tc.load_config(f"{CONFIGS / file}:{arg}")
     row = row_name(config.model_name, config.model.to_dict())
     assert (config.input.dataset, row) in PAPER, row
-    assert PAPER[(config.input.dataset, row)][2] == PARAMS[(file, arg)]
+    assert PAPER[(config.input.dataset, row)][2] is not None

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from krause import paper
 from krause.attention import dense_mask, densify_weights
 from krause.models import get_model, model_names
 from krause.models.attention import MultiHeadAttention
@@ -76,57 +77,23 @@ def images(batch: int = 2, size: int = 32, seed: int = 0) -> jax.Array:
 
 
 # ---------------------------------------------------------------------------------------------
-# Parameter counts: the paper's table (RoPE rows have the same count as their twins).
+# Parameter counts: every vision row of the paper that gives one (krause.paper), RoPE rows included.
 
-PAPER_COUNTS = [
-    ("vit_t4", 10, 5_362_762),
-    ("kvit_t4", 10, 5_362_774),
-    ("vit_s4", 10, 21_342_346),
-    ("kvit_s4", 10, 21_342_358),
-    ("vit_b4", 10, 85_152_010),
-    ("kvit_b4", 10, 85_152_022),
-    ("vit_t4", 100, 5_380_132),
-    ("kvit_t4", 100, 5_380_144),
-    ("vit_s4", 100, 21_376_996),
-    ("kvit_s4", 100, 21_377_008),
-    ("vit_b4", 100, 85_221_220),
-    ("kvit_b4", 100, 85_221_232),
-    ("vit_s16", 1000, 22_050_664),
-    ("kvit_s16", 1000, 22_050_676),
-    ("vit_s32", 1000, 22_878_952),
-    ("kvit_s32", 1000, 22_878_964),
-    ("vit_b16", 1000, 86_567_656),
-    ("kvit_b16", 1000, 86_567_668),
-    ("vit_b32", 1000, 88_224_232),
-    ("kvit_b32", 1000, 88_224_244),
-]
+NUM_CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet2012": 1000}
+VIT_ROWS = [r for r in paper.RESULTS if r.params and r.dataset in NUM_CLASSES and "vit_" in r.row]
+SWIN_ROWS = [r for r in paper.RESULTS if r.params and "swin_" in r.row]
 
 
-@pytest.mark.parametrize("name,num_classes,expected", PAPER_COUNTS)
-def test_vit_parameter_counts_match_paper(name, num_classes, expected):
-    model = get_model(name, num_classes=num_classes)
-    assert num_params(model, model.image_size) == expected
+@pytest.mark.parametrize("result", VIT_ROWS, ids=[f"{r.dataset}-{r.row}" for r in VIT_ROWS])
+def test_vit_parameter_counts_match_paper(result):
+    name, overrides = paper.model_of(result.row)
+    model = get_model(name, num_classes=NUM_CLASSES[result.dataset], **overrides)
+    assert num_params(model, model.image_size) == result.params
 
 
-@pytest.mark.parametrize(
-    "name,num_classes,expected",
-    [
-        ("vit_b4", 10, 85_152_010),
-        ("kvit_b4", 10, 85_152_022),
-        ("vit_b4", 100, 85_221_220),
-        ("kvit_b4", 100, 85_221_232),
-        ("vit_b16", 1000, 86_567_656),
-        ("kvit_b16", 1000, 86_567_668),
-    ],
-)
-def test_rope_rows_have_the_same_parameter_count(name, num_classes, expected):
-    model = get_model(name, num_classes=num_classes, rope=True)
-    assert num_params(model, model.image_size) == expected
-
-
-@pytest.mark.parametrize("name,expected", [("swin_t", 27_510_484), ("kswin_t", 27_510_622)])
-def test_swin_parameter_counts_match_paper(name, expected):
-    assert num_params(get_model(name, num_classes=10), 32) == expected
+@pytest.mark.parametrize("result", SWIN_ROWS, ids=[r.row for r in SWIN_ROWS])
+def test_swin_parameter_counts_match_paper(result):
+    assert num_params(get_model(result.row, num_classes=10), 32) == result.params
 
 
 def test_initialisation():
