@@ -26,9 +26,8 @@ the default here is its CIFAR recipe unchanged (AdamW lr 3e-4, wd 0.05, batch 25
 10 warm-up epochs, cosine, clip 1.0, random crop pad 4 + flip, CutMix/MixUp, smoothing 0.1,
 seed 3407; Krause sigma0 2.5, k0 2, 4-neighbour window + CLS). The Krause neighbourhood of the 7x7
 grid is the CIFAR rule (von Neumann radius 1).
-Runtime: the paper's recipe is not practical on a CPU. The quick start (3 epochs, 1,406 steps of
-128) on the 2-core development machine, shared with other jobs: ViT 86.40% / KViT 86.62% test
-accuracy, 114 / 125 ms per step, about 3.5 min per model including compilation and evaluation.
+Runtime: the paper's recipe is not practical on a CPU; the quick start (3 epochs, 1,406 steps of
+128) takes a few minutes per model (its result: the README's quick-start section).
 """
 
 from krause import paper
