@@ -223,15 +223,17 @@ def test_bfloat16_inputs(rng, fast_jit):
 
 
 def test_dispatcher_runs_the_kernel(rng, fast_jit):
-    """krause_attention(impl="pallas") with its default blocks, bf16 in, bf16 out."""
+    """krause_attention(impl="pallas") with its default blocks, bf16 in, bf16 out, and JAX's
+    default 32-bit mode (the other tests run with float64 enabled, for the reference)."""
     nb = grid_neighborhood(3, 4, 1, "chebyshev", 1)
     q, k, v, sigma, _ = _inputs(rng, nb.length)
-    run = fast_jit(
-        lambda q, k, v: krause_attention(
-            q, k, v, sigma=sigma, neighborhood=nb, top_k=3, impl="pallas"
+    with jax.enable_x64(False):
+        run = fast_jit(
+            lambda q, k, v: krause_attention(
+                q, k, v, sigma=sigma, neighborhood=nb, top_k=3, impl="pallas"
+            )
         )
-    )
-    out = run(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)))
+        out = run(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)))
     assert out.dtype == jnp.bfloat16
     rounded = [np.asarray(jnp.asarray(x, jnp.bfloat16), np.float64) for x in (q, k, v)]
     reference = fast_jit(
