@@ -6,7 +6,13 @@
 The string after the colon selects the config file's variant; `--config.FIELD=VALUE` overrides
 any field (nested with dots: `--config.input.data_dir=DIR`, `--config.model.depth=6`). An unknown
 field is an error that lists the known ones. Running the same command again resumes from the
-workdir's latest checkpoint. Console script: `krause-train` (`krause.main:run`).
+workdir's latest checkpoint (an unreadable latest checkpoint is set aside). Console script:
+`krause-train` (`krause.main:run`).
+
+Config values are checked before any work (`krause.train.config.validate_config`). A finished run
+is read back by `krause.runs.load_run(workdir)`, evaluated again by
+`python -m krause.evaluate --workdir DIR`, sampled (pixel models) by
+`python -m krause.sample --workdir DIR --out FILE.png`.
 """
 
 from __future__ import annotations
