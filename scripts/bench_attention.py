@@ -135,7 +135,7 @@ def methods(case: Case) -> dict[str, Callable]:
         )
     )
     out = {"krause/auto": krause("auto")}
-    impls = ("stencil", "banded", "blocked", "gather", "dense")
+    impls = ("stencil", "banded", "blocked", "dense")
     for impl in impls + (("pallas",) if on_accelerator() else ()):
         try:
             resolve_impl(impl, nb)

@@ -197,13 +197,13 @@ def test_auto_resolution(nb):
     """auto picks an implementation that supports the neighbourhood, never the O(N^2 d) oracle,
     and an O(N w) one when N is much larger than the window."""
     allowed = (
-        {"dense", "gather"}
+        {"dense"}
         | ({"stencil", "banded"} if isinstance(nb, GridNeighborhood) else set())
         | ({"blocked"} if isinstance(nb, CausalWindow) else set())
     )
     impl = resolve_impl("auto", nb)
     assert impl in allowed
     if nb.length >= 32 * index_table(nb).shape[1] and nb.num_global_queries < nb.length:
-        assert impl in {"stencil", "blocked", "gather"}
-    for impl in ("reference", "dense", "gather"):
+        assert impl in {"stencil", "blocked"}
+    for impl in ("reference", "dense"):
         assert resolve_impl(impl, nb) == impl

@@ -23,12 +23,12 @@ SMALL = dict(depth=1, width=192, heads=3, mlp_dim=768)  # large enough that MACs
 def test_analytic_count_agrees_with_compiled(name):
     model = get_model(name, **SMALL)
     analytic = flops.analytic_macs(model)["total"]
-    compiled = flops.compiled_macs(model, impl="gather")
+    compiled = flops.compiled_macs(model, impl="stencil")
     assert abs(compiled / analytic - 1) < 0.10, (compiled, analytic)
 
 
 def test_compiled_count_sees_locality():
-    """The gather implementation computes fewer MACs than the dense masked one."""
+    """The stencil implementation computes fewer MACs than the dense masked one."""
     model = get_model("kvit_t4", **SMALL)
     dense_minus_local = flops.compiled_macs(model, impl="dense") - flops.compiled_macs(model)
     analytic_saving = 2 * (65 * 65 - flops.attention_entries(model)) * 192

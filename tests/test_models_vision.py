@@ -291,8 +291,8 @@ def reference_vit(params, x, model, kind):
     "overrides",
     [
         dict(locality=False, k0=None),  # RBF over all tokens
-        dict(locality=False, k0=65, attention_impl="gather"),  # top-k >= N keeps everything
-        dict(radius=7, metric="chebyshev", k0=None, attention_impl="gather"),  # window >= grid
+        dict(locality=False, k0=65, attention_impl="dense"),  # top-k >= N keeps everything
+        dict(radius=7, metric="chebyshev", k0=None, attention_impl="stencil"),  # window >= grid
         dict(radius=14, metric="manhattan", k0=70, layout="pre_ln"),
     ],
     ids=["full", "full_topk_ge_n", "radius_covers_grid", "radius_covers_grid_pre_ln"],
@@ -330,11 +330,11 @@ def test_paper_layout_forward_matches_reference(name, post_ln):
     "overrides",
     [
         dict(attention_impl="dense"),
-        dict(attention_impl="gather"),
+        dict(attention_impl="banded"),
         dict(attention_impl="stencil", k0=None),
         dict(attention_impl="stencil", radius=2, metric="chebyshev", k0=3, rope=True),
     ],
-    ids=["dense", "gather", "stencil_no_topk", "stencil_chebyshev_rope"],
+    ids=["dense", "banded", "stencil_no_topk", "stencil_chebyshev_rope"],
 )
 def test_captured_krause_weights_stay_in_neighbourhood(overrides):
     model = get_model("kvit_t4", capture=True, **TINY_VIT, **overrides)
@@ -441,7 +441,7 @@ VARIANTS = [
     ("kvit_t4", dict(locality=False)),
     ("kvit_t4", dict(locality=False, k0=None, attention_impl="reference")),
     ("kvit_t4", dict(attention_impl="stencil", dtype=jnp.bfloat16)),
-    ("kvit_s16", dict(image_size=48, num_classes=7, attention_impl="gather")),  # 3x3 grid
+    ("kvit_s16", dict(image_size=48, num_classes=7, attention_impl="banded")),  # 3x3 grid
     ("swin_t", TINY_SWIN),
     ("kswin_t", TINY_SWIN),
 ]

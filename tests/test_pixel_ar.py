@@ -115,7 +115,7 @@ def test_initialisation():
         ("linear", {}),
         ("krause", {"attention_impl": "blocked"}),  # window 7 < 20 tokens: the ring buffer wraps
         ("krause", {"window": 32, "top_k": 12}),  # window longer than the sequence
-        ("krause", {"window": 4, "top_k": None, "attention_impl": "gather"}),
+        ("krause", {"window": 4, "top_k": None, "attention_impl": "dense"}),
     ],
 )
 def test_cached_decoding_matches_full_forward(name, overrides, rng):

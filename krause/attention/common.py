@@ -2,10 +2,27 @@
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 
 from krause.attention.selection import kth_largest
+
+
+class KrauseWeights(NamedTuple):
+    """Attention probabilities in compact per-query form.
+
+    local_values:  [batch, length, heads, width]; weight of query i on slot s of `indices`.
+    indices:       [length, width] int32 key index of each slot, -1 for unused slots
+                   (and for every slot of the global queries).
+    global_values: [batch, num_global_queries, heads, length]; dense rows of the first queries,
+                   which see every key.
+    """
+
+    local_values: jax.Array
+    indices: jax.Array
+    global_values: jax.Array
 
 
 def compute_dtype(dtype) -> jnp.dtype:

@@ -12,7 +12,6 @@ No 1/sqrt(d) factor. Ties at the k-th score: every key whose score is >= the k-t
 Implementations (`impl=`):
   "reference": dense [N, N] scores from explicit differences, O(N^2 d) memory. The oracle.
   "dense":     dense masked scores via matmuls, O(N^2) memory. Fast for short sequences.
-  "gather":    any neighbourhood through its neighbour index table and a gather, O(N w).
   "stencil":   grids: shifted views of the padded key grid, O(N w), no gather.
   "banded":    grids: blocks of grid rows against the rows around them, matmuls, O(N W (R + 2r)).
   "blocked":   causal windows: query blocks against the key blocks that reach them, O(N (W + C)).
@@ -23,14 +22,13 @@ Implementations (`impl=`):
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from krause.attention import local, pallas
 from krause.attention.common import (
+    KrauseWeights,
     centred_heads_major,
     compute_dtype,
     matmul_scores,
@@ -49,7 +47,7 @@ from krause.attention.neighborhoods import (
 )
 from krause.attention.selection import kth_largest
 
-IMPLS = ("auto", "reference", "dense", "gather", "stencil", "banded", "blocked", "pallas")
+IMPLS = ("auto", "reference", "dense", "stencil", "banded", "blocked", "pallas")
 # "auto" on a grid picks the cheapest of dense (N keys per query), banded (g + (R + 2r) W keys)
 # and stencil (w slots), in units of one key of a dense matmul row. Measured forward + backward
 # on 2 CPU cores: a band key costs ~1.5 dense keys (gathers, padding, smaller matmuls), a
@@ -57,21 +55,6 @@ IMPLS = ("auto", "reference", "dense", "gather", "stencil", "banded", "blocked",
 # faster than dense; 32x32: stencil).
 BANDED_COST_FACTOR = 1.5
 STENCIL_COST_FACTOR = 9
-
-
-class KrauseWeights(NamedTuple):
-    """Attention probabilities in compact per-query form.
-
-    local_values:  [batch, length, heads, width]; weight of query i on slot s of `indices`.
-    indices:       [length, width] int32 key index of each slot, -1 for unused slots
-                   (and for every slot of the global queries).
-    global_values: [batch, num_global_queries, heads, length]; dense rows of the first queries,
-                   which see every key.
-    """
-
-    local_values: jax.Array
-    indices: jax.Array
-    global_values: jax.Array
 
 
 def densify_weights(weights: KrauseWeights) -> jax.Array:
@@ -144,7 +127,13 @@ def _rbf(q, k, v, inv, mask, bias, top_k):
     return jnp.einsum("bhij,bjhd->bihd", p, v), p
 
 
-def _dense(q, k, v, inv, nb, top_k):
+def _reference(q, k, v, inv, nb, top_k, return_weights):
+    """Dense scores from explicit differences over the neighbourhood mask: the oracle."""
+    out, p = _rbf(q, k, v, inv, dense_mask(nb), None, top_k)
+    return out, _compact_from_dense(p, nb) if return_weights else None
+
+
+def _dense(q, k, v, inv, nb, top_k, return_weights):
     """Masked dense scores through one matmul, O(N^2) memory; the fastest path for short sequences.
 
     -||q - k||^2 / (2 sigma^2) = (2 q.k - ||k||^2 - ||q||^2) / (2 sigma^2) on q and k centred on the
@@ -164,7 +153,8 @@ def _dense(q, k, v, inv, nb, top_k):
     elif not mask.all():
         scores = scores + jnp.asarray(np.where(mask, 0.0, -np.inf), q.dtype)
     p = jax.nn.softmax(scores, axis=-1)
-    return jnp.swapaxes(jnp.einsum("bhij,bhjd->bhid", p, v), 1, 2), p
+    out = jnp.swapaxes(jnp.einsum("bhij,bhjd->bhid", p, v), 1, 2)
+    return out, _compact_from_dense(p, nb) if return_weights else None
 
 
 def _dense_top_k(scores, nb, top_k):
@@ -194,26 +184,15 @@ def _dense_top_k(scores, nb, top_k):
     return (scores >= jnp.concatenate(thresholds, axis=2)) | is_best
 
 
-def _gather(q, k, v, inv, nb, top_k):
-    """Any neighbourhood via its index table: keys/values gathered to [B, N, w, H, D]."""
-    g = nb.num_global_queries
-    batch, n, heads, _ = q.shape
-    table = index_table(nb)
-    if g < n:
-        safe = jnp.asarray(np.maximum(table[g:], 0))
-        k_nb, v_nb = k[:, safe], v[:, safe]  # [B, N - g, w, H, D]
-        scores = neg_sq_dist(q[:, g:, None], k_nb)  # [B, N - g, w, H]
-        scores = jnp.swapaxes(scores, -1, -2) * inv[:, None]
-        p = select_and_normalize(scores, jnp.asarray(table[g:] >= 0)[:, None, :], top_k)
-        out = jnp.einsum("bnhw,bnwhd->bnhd", p, v_nb)
-    else:  # every query is global (full attention): no local rows
-        p = jnp.zeros((batch, 0, heads, table.shape[1]), q.dtype)
-        out = jnp.zeros((batch, 0, heads, v.shape[-1]), q.dtype)
-    p = jnp.concatenate([jnp.zeros((batch, g) + p.shape[2:], p.dtype), p], axis=1)
-    if g == 0:
-        return out, p, jnp.zeros((batch, 0, heads, nb.length), p.dtype)
-    out_global, p_global = local.global_rows(q[:, :g], k, v, inv, top_k)
-    return jnp.concatenate([out_global, out], axis=1), p, p_global
+# impl -> fn(q, k, v, inv_two_sigma_sq, nb, top_k, return_weights) -> (out, KrauseWeights | None),
+# inputs in the compute dtype. Which is fastest where: docs/attention.md.
+IMPLEMENTATIONS = {
+    "reference": _reference,
+    "dense": _dense,
+    "stencil": local.grid_stencil,
+    "banded": local.grid_banded,
+    "blocked": local.causal_blocked,
+}
 
 
 def resolve_impl(impl: str, nb: Neighborhood, use_kernel: bool = True) -> str:
@@ -288,7 +267,7 @@ def krause_attention(
     if impl == "pallas":
         if return_weights:
             raise ValueError(
-                "impl='pallas' does not return weights; use impl='stencil' or 'gather'."
+                "impl='pallas' does not return weights; use impl='stencil', 'blocked' or 'dense'."
             )
         out = pallas.pallas_krause_attention(
             q, k, v, _inv_two_sigma_sq(sigma, q.shape[2], jnp.float32), nb, top_k
@@ -298,28 +277,7 @@ def krause_attention(
     inv = _inv_two_sigma_sq(sigma, q.shape[2], dtype)
     q32, k32, v32 = (x.astype(dtype) for x in (q, k, v))
 
-    if impl == "reference":
-        out, p = _rbf(q32, k32, v32, inv, dense_mask(nb), None, top_k)
-        weights = _compact_from_dense(p, nb) if return_weights else None
-    elif impl == "dense":
-        out, p = _dense(q32, k32, v32, inv, nb, top_k)
-        weights = _compact_from_dense(p, nb) if return_weights else None
-    elif impl == "banded":
-        out, p, p_global = local.grid_banded(q32, k32, v32, inv, nb, top_k)
-        if return_weights:
-            weights = KrauseWeights(
-                local.grid_band_weights(p, nb), jnp.asarray(index_table(nb)), p_global
-            )
-    elif impl == "blocked":
-        out, p = local.causal_blocked(q32, k32, v32, inv, nb, top_k)
-        if return_weights:
-            local_values = local.causal_blocked_weights(p, nb.length, min(nb.window, nb.length))
-            no_global = jnp.zeros((q.shape[0], 0, q.shape[2], nb.length), local_values.dtype)
-            weights = KrauseWeights(local_values, jnp.asarray(index_table(nb)), no_global)
-    else:
-        fn = local.grid_stencil if impl == "stencil" else _gather
-        out, p_local, p_global = fn(q32, k32, v32, inv, nb, top_k)
-        weights = KrauseWeights(p_local, jnp.asarray(index_table(nb)), p_global)
+    out, weights = IMPLEMENTATIONS[impl](q32, k32, v32, inv, nb, top_k, return_weights)
     out = out.astype(q.dtype)
     return (out, weights) if return_weights else out
 

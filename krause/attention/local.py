@@ -12,7 +12,7 @@
   q and k, where ||q||^2 is dropped: a per-row constant changes neither top-k nor the softmax.
 
 All take inputs already in the compute dtype and `inv_two_sigma_sq` of shape [heads], and return
-(out [B, N, H, Dv], probabilities in a layout of their own; see each function).
+(out [B, N, H, Dv], `KrauseWeights` if `return_weights` else None).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from krause.attention.common import (
+    KrauseWeights,
     centred_heads_major,
     matmul_scores,
     neg_sq_dist,
@@ -51,8 +52,9 @@ def grid_stencil(
     inv_two_sigma_sq: jax.Array,
     nb: GridNeighborhood,
     top_k: int | None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns (out [B, N, H, Dv], local p [B, N, H, w], global p [B, G, H, N])."""
+    return_weights: bool = False,
+) -> tuple[jax.Array, KrauseWeights | None]:
+    """Krause attention on a patch grid by shifted views of the padded key grid."""
     batch, _, heads, _ = q.shape
     g, h, w, r = nb.num_global, nb.height, nb.width, nb.radius
     grid = lambda x: x[:, g:].reshape(batch, h, w, heads, x.shape[-1])
@@ -73,11 +75,12 @@ def grid_stencil(
     out_grid = sum(p[..., s, None] * x for s, x in enumerate(values))
     out_grid = out_grid.reshape(batch, h * w, heads, -1)
     p = p.reshape(batch, h * w, heads, -1)
-    if g == 0:
-        return out_grid, p, jnp.zeros((batch, 0, heads, nb.length), p.dtype)
     out_global, p_global = global_rows(q[:, :g], k, v, inv_two_sigma_sq, top_k)
+    out = jnp.concatenate([out_global, out_grid], axis=1)
+    if not return_weights:
+        return out, None
     p = jnp.concatenate([jnp.zeros((batch, g) + p.shape[2:], p.dtype), p], axis=1)
-    return jnp.concatenate([out_global, out_grid], axis=1), p, p_global
+    return out, KrauseWeights(p, jnp.asarray(index_table(nb)), p_global)
 
 
 # `grid_banded` pads the global queries to this many rows: XLA turns a single-row dot into
@@ -139,11 +142,13 @@ def grid_banded(
     inv_two_sigma_sq: jax.Array,
     nb: GridNeighborhood,
     top_k: int | None,
+    return_weights: bool = False,
     rows: int | None = None,
-) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Returns (out [B, N, H, Dv], band p [B, H, blocks, L, R W], global p [B, G, H, N]).
+) -> tuple[jax.Array, KrauseWeights | None]:
+    """Krause attention on a patch grid by blocks of R grid rows against their bands.
 
-    `grid_band_weights` turns the band p into the compact [B, N, H, w] layout. Scores use
+    The band probabilities [B, H, blocks, L, R W] become `KrauseWeights` through
+    `grid_band_weights`. Scores use
     matmuls on keys centred on their (rounded) mean, as the dense path: -||q - k||^2 =
     2 q.k - ||k||^2 - ||q||^2 with the row constant ||q||^2 dropped. A block's scores are
     key-major ([L, R W]): XLA CPU gives its fast matmul library (YNNPACK) only dots whose left
@@ -189,8 +194,13 @@ def grid_banded(
     p = jax.nn.softmax(jnp.where(keep, scores, -jnp.inf), axis=-2)
     out = jnp.einsum("bhnlt,bhnld->bhntd", p, v_bands).reshape(batch, heads, blocks * rows * w, -1)
     out = out[:, :, : h * w]
+    weights = lambda p_global: (
+        KrauseWeights(grid_band_weights(p, nb), jnp.asarray(index_table(nb)), p_global)
+        if return_weights
+        else None
+    )
     if g == 0:
-        return to_heads(out), p, jnp.zeros((batch, 0, heads, n), p.dtype)
+        return to_heads(out), weights(jnp.zeros((batch, 0, heads, n), p.dtype))
     # Global queries see every key: the same matmul form on heads-major arrays, the query rows
     # zero-padded to at least GLOBAL_QUERY_ROWS.
     pad = max(0, GLOBAL_QUERY_ROWS - g)
@@ -200,7 +210,7 @@ def grid_banded(
     out_global = jnp.einsum("bhgn,bhnd->bhgd", p_global, vh)[:, :, :g]
     p_global = p_global[:, :, :g]
     out = to_heads(jnp.concatenate([out_global, out], axis=2))
-    return out, p, jnp.swapaxes(p_global, 1, 2)
+    return out, weights(jnp.swapaxes(p_global, 1, 2))
 
 
 def grid_band_weights(p: jax.Array, nb: GridNeighborhood) -> jax.Array:
@@ -230,11 +240,13 @@ def causal_blocked(
     inv_two_sigma_sq: jax.Array,
     nb: CausalWindow,
     top_k: int | None,
+    return_weights: bool = False,
     block_size: int | None = None,
-) -> tuple[jax.Array, jax.Array]:
-    """Returns (out [B, N, H, Dv], blocked p [B, H, blocks, C, (P+1)C]).
+) -> tuple[jax.Array, KrauseWeights | None]:
+    """Krause attention over a causal window by query blocks against the key blocks reaching them.
 
-    `causal_blocked_weights` turns the blocked p into the compact [B, N, H, W] layout.
+    The blocked probabilities [B, H, blocks, C, (P+1)C] become `KrauseWeights` through
+    `causal_blocked_weights`.
     """
     batch, n, heads, _ = q.shape
     window = min(nb.window, n)
@@ -274,7 +286,11 @@ def causal_blocked(
 
     out = jnp.einsum("bhntc,bhncd->bhntd", p, v_ctx)
     out = jnp.swapaxes(out.reshape(batch, heads, blocks * c, -1)[:, :, :n], 1, 2)
-    return out, p
+    if not return_weights:
+        return out, None
+    no_global = jnp.zeros((batch, 0, heads, n), p.dtype)
+    compact = causal_blocked_weights(p, n, window)
+    return out, KrauseWeights(compact, jnp.asarray(index_table(nb)), no_global)
 
 
 def causal_blocked_weights(p: jax.Array, n: int, window: int) -> jax.Array:
