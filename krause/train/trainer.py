@@ -75,7 +75,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     # ------------------------------------------------------------------ setup
     maybe_initialize_distributed(config)
     info = kdata.get_dataset_info(config.input.dataset)
-    validate_config(config, num_devices=jax.device_count(), num_train=info.num_train)
+    num_train = kdata.num_train_examples(config.input)  # minus a held-out validation part
+    validate_config(config, num_devices=jax.device_count(), num_train=num_train)
     workdir = pathlib.Path(workdir).expanduser().absolute()  # orbax needs absolute paths
     is_main = jax.process_index() == 0
     if is_main:
@@ -102,7 +103,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     batch_size = config.input.global_batch_size  # examples per optimizer step
     micro_input = config.input.copy_and_resolve_references()
     micro_input.global_batch_size = batch_size // accum
-    steps_per_epoch = info.num_train / batch_size
+    steps_per_epoch = num_train / batch_size
     total_steps = resolve_steps(config, "total", steps_per_epoch=steps_per_epoch)
     durations = {
         name: resolve_steps(config, name, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
