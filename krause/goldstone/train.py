@@ -23,7 +23,7 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 from absl import logging
-from clu import metric_writers
+from clu import metric_writers, periodic_actions
 
 from krause.goldstone.models import DeepMLP, block_size_of, parse_group, sigma_w
 
@@ -158,6 +158,11 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict[str, An
 
     params, opt_state = state["params"], state["opt_state"]
     steps_per_epoch = -(-num_train // config.batch_size)
+    progress = periodic_actions.ReportProgress(
+        num_train_steps=steps_per_epoch * config.epochs,
+        writer=writer,
+        every_steps=config.log_every_steps,
+    )
     for epoch in range(start_epoch, config.epochs):
         tic = time.perf_counter()
         losses = []
@@ -166,6 +171,7 @@ def train_and_evaluate(config: Any, workdir: str | pathlib.Path) -> dict[str, An
                 params, opt_state, data["train_x"][idx], data["train_y"][idx]
             )
             losses.append(loss)
+            progress(epoch * steps_per_epoch + i + 1)
             if i % config.log_every_steps == 0:
                 logging.info(
                     "epoch %d step %d/%d loss(mean) %.4f",
