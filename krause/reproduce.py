@@ -676,6 +676,16 @@ def invocation(table: Table, scale: str, seeds: int, root: pathlib.Path) -> str:
     )
 
 
+def row_label(dataset: str, row: str) -> str:
+    """The paper's label of a row, or of its base row with the tags: "KViT-T (no_top_k)"."""
+    if (dataset, row) in paper.PAPER:
+        return paper.result(dataset, row).label
+    base, *tags = row.split("+")
+    if (dataset, base) in paper.PAPER and tags:
+        return f"{paper.result(dataset, base).label} ({', '.join(tags)})"
+    return row
+
+
 def collect(table: Table, scale: str, seeds: int, root: pathlib.Path) -> dict:
     """The table's finished runs, aggregated per row (see module docstring)."""
     factor = 100.0 if table.metric == paper.ACC else 1.0
@@ -687,7 +697,7 @@ def collect(table: Table, scale: str, seeds: int, root: pathlib.Path) -> dict:
     rows = []
     for row in table.rows:
         reported = paper.PAPER.get((table.dataset, row.name))
-        label = paper.result(table.dataset, row.name).label if reported else row.name
+        label = row_label(table.dataset, row.name)
         entries, values = [], []
         params, datasets, steps = set(), set(), set()
         for run in by_row[row.name]:

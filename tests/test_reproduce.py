@@ -309,3 +309,12 @@ def test_every_table_builds_its_configs(scale, tmp_path):
                 / paper_run.input.global_batch_size,
             )
             assert total < paper_total, table.name
+
+
+def test_row_labels():
+    kvit = paper.result("fashion_mnist", "kvit_t4").label
+    assert reproduce.row_label("fashion_mnist", "kvit_t4") == kvit
+    assert reproduce.row_label("fashion_mnist", "kvit_t4+no_locality+no_top_k") == (
+        f"{kvit} (no_locality, no_top_k)"
+    )
+    assert reproduce.row_label("fashion_mnist", "mystery") == "mystery"
