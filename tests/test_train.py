@@ -549,3 +549,14 @@ def read_event_scalars(logdir: pathlib.Path) -> dict[tuple[int, str], float]:
         for tag in reader.Tags()["tensors"]
         for event in reader.Tensors(tag)
     }
+
+
+def test_validation_part_is_evaluated_beside_the_test_split(tmp_path):
+    """input.validation_size: the held-out training examples are evaluated as "val/...", the
+    reported test numbers are unchanged in kind (whole test split)."""
+    spec = (CLASSIFICATION[0], CLASSIFICATION[1], {**CLASSIFICATION[2], "input.validation_size": 8})
+    results = run(spec, tmp_path)
+    assert results["val/images"] == 8 and results["test/images"] == NUM_EXAMPLES
+    assert 0.0 <= results["val/accuracy"] <= 1.0 and math.isfinite(results["val/loss"])
+    evals = [r for r in read_metrics(tmp_path) if "val/accuracy" in r]
+    assert [r["step"] for r in evals] == [2, 4] and all("test/accuracy" in r for r in evals)

@@ -188,6 +188,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     # ------------------------------------------------------------------ evaluation
     evaluate = make_evaluate(config, model, task, info, batch_sharding, source=test_source)
+    if config.input.validation_size:  # held-out training examples, logged as "val/..."
+        evaluate_test = evaluate
+        evaluate_val = make_evaluate(
+            config, model, task, info, batch_sharding, source=train_source, split="validation"
+        )
+        evaluate = lambda params: {**evaluate_val(params), **evaluate_test(params)}
 
     # ------------------------------------------------------------------ training loop
     train_iter = kdata.make_train_iterator(
@@ -446,10 +452,20 @@ def restore_newest_intact(workdir: pathlib.Path, config, abstract_state, is_main
     return manager, 0, None
 
 
-def make_evaluate(config, model, task: str, info: kdata.DatasetInfo, batch_sharding, source=None):
+def make_evaluate(
+    config,
+    model,
+    task: str,
+    info: kdata.DatasetInfo,
+    batch_sharding,
+    source=None,
+    split: str = "test",
+):
     """`evaluate(params) -> {"test/...": value}`: metrics over the whole test split (every
     example once, padding masked out), batches split over `batch_sharding`'s devices.
-    `source`: the test split's examples (None: read from the prepared files)."""
+    `source`: the split's examples (None: read from the prepared files; for "validation" the
+    whole training split). `split="validation"`: the held-out part of the training split
+    (`input.validation_size`), reported as "val/..."."""
     example = example_input(config.input, info, task)
 
     @jax.jit
@@ -459,9 +475,12 @@ def make_evaluate(config, model, task: str, info: kdata.DatasetInfo, batch_shard
 
     def evaluate(params) -> dict[str, float]:
         sums = None
-        for local_batch in kdata.make_eval_batches(config.input, source=source):
+        for local_batch in kdata.make_eval_batches(config.input, split=split, source=source):
             sums = tasks.add_sums(sums, eval_step(params, to_global(local_batch, batch_sharding)))
-        return tasks.eval_metrics(task, sums, dims_per_image=example.size)
+        metrics = tasks.eval_metrics(task, sums, dims_per_image=example.size)
+        if split == "test":
+            return metrics
+        return {f"val/{k.removeprefix('test/')}": v for k, v in metrics.items()}
 
     return evaluate
 
