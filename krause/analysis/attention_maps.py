@@ -86,8 +86,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
     def grid_maps(w: np.ndarray, q: int | None) -> list:
         if q is None:  # the CLS query (token 0) over the patches
-            return np.round(w[:, 0, 1:].reshape(w.shape[0], *grid), 6).tolist()
-        return np.round(metrics.query_attention_grid(w, grid, q), 6).tolist()
+            return np.round(w[:, 0, 1:].reshape(w.shape[0], *grid), 5).tolist()
+        return np.round(metrics.query_attention_grid(w, grid, q), 5).tolist()
 
     record = {
         "what": "attention probabilities over the patch grid of one query patch (query) and of"
@@ -117,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "figures": figures,
         "command": " ".join(["python -m krause.analysis.attention_maps", *(argv or sys.argv[1:])]),
     }
-    command.write_json(record, out / "attention_maps.json")
+    command.write_json(record, out / "attention_maps.json", indent=None)  # ~4 MB indented
     return record
 
 

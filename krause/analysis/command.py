@@ -160,23 +160,65 @@ def test_inputs(config: Any, num_images: int) -> np.ndarray:
     return np.asarray(tasks.model_input(tasks.task_of(config.input), batch))
 
 
-def _first_key_only(tree: Any) -> Any:
-    """Dense captured attention weights [B, H, N, N] cut to their key-0 column [B, H, N, 1]."""
+def uniform_first_key_mass(weights: Any) -> Any:
+    """The mass on key 0 if every query spread its attention evenly over its support: [B, H, N].
+
+    Per query: 1 / (number of keys with weight > 0) if key 0 has weight > 0, else 0 (key 0 out
+    of a window or not among the top-k). The reference point of the sink metric: 1/N for full
+    softmax attention, about 1/(k+1) for a Krause patch query with CLS among its k+1 keys.
+
+    Args:
+      weights: dense [B, H, N, N] or `KrauseWeights` (jax or NumPy arrays; jit-compatible).
+    """
+    import jax.numpy as jnp
+
     from krause.attention import KrauseWeights
 
-    if isinstance(tree, Mapping):
-        return {
-            k: (
-                tuple(
-                    w if isinstance(w, KrauseWeights) else w[..., :1]
-                    for w in (v if isinstance(v, tuple) else (v,))
-                )
-                if k == "attention_weights"
-                else _first_key_only(v)
-            )
-            for k, v in tree.items()
-        }
-    return tree
+    if isinstance(weights, KrauseWeights):
+        valid = (weights.indices >= 0)[None, :, None, :]  # [1, N, 1, W]
+        support = jnp.sum((weights.local_values > 0) & valid, -1)  # [B, N, H]
+        first = jnp.sum(
+            jnp.where(weights.indices[None, :, None, :] == 0, weights.local_values, 0), -1
+        )
+        g = weights.global_values.shape[1]
+        support = support.at[:, :g].set(jnp.sum(weights.global_values > 0, -1))
+        first = first.at[:, :g].set(weights.global_values[..., 0])
+        support, first = jnp.moveaxis(support, 1, 2), jnp.moveaxis(first, 1, 2)
+    else:
+        support, first = jnp.sum(weights > 0, -1), weights[..., 0]
+    return jnp.where(first > 0, 1.0 / jnp.maximum(support, 1), 0.0)
+
+
+def _first_key_only(tree: Any) -> Any:
+    """Captured weights reduced to what the sink metric reads.
+
+    Dense [B, H, N, N] `attention_weights` are cut to their key-0 column [B, H, N, 1] (Krause
+    weights stay compact), and each gets a sibling `uniform_first_key_mass` [B, H, N].
+    """
+    from krause.attention import KrauseWeights
+
+    if not isinstance(tree, Mapping):
+        return tree
+    out = {}
+    for k, v in tree.items():
+        if k == "attention_weights":
+            values = v if isinstance(v, tuple) else (v,)
+            out[k] = tuple(w if isinstance(w, KrauseWeights) else w[..., :1] for w in values)
+            out["uniform_first_key_mass"] = tuple(uniform_first_key_mass(w) for w in values)
+        else:
+            out[k] = _first_key_only(v)
+    return out
+
+
+def _uniform_as_weights(tree: Any) -> Any:
+    """The tree with `attention_weights` replaced by `uniform_first_key_mass` as [B, H, N, 1]
+    (so `metrics.captured_layers` matches them to the blocks as it matches the weights)."""
+    if not isinstance(tree, Mapping):
+        return tree
+    out = {k: _uniform_as_weights(v) for k, v in tree.items() if k != "uniform_first_key_mass"}
+    if "uniform_first_key_mass" in tree:
+        out["attention_weights"] = tuple(u[..., None] for u in tree["uniform_first_key_mass"])
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -219,19 +261,35 @@ def series(
     for start in range(0, len(inputs), batch_size):
         chunk = inputs[start : start + batch_size]
         captured = apply(run.params, chunk)
-        parts.append(metrics.series_from_intermediates(captured, threshold, exclude_first_token))
+        part = metrics.series_from_intermediates(captured, threshold, exclude_first_token)
+        uniform = metrics.captured_layers(_uniform_as_weights(captured))["weights"]
+        part["uniform_mass"] = [
+            None if u is None else np.asarray(u, np.float64)[:, :, 1:, 0].mean(axis=(0, 2)).tolist()
+            for u in uniform
+        ]
+        part["uniform_mass_mean"] = [
+            None if u is None else float(np.mean(u)) for u in part["uniform_mass"]
+        ]
+        parts.append(part)
         sizes.append(len(chunk))
     weights = np.asarray(sizes, np.float64) / sum(sizes)
     out = dict(parts[0])
-    for key in ("clusters", "mean_cosine", "effective_rank", "first_token_mass_mean"):
+    for key in (
+        "clusters",
+        "mean_cosine",
+        "effective_rank",
+        "first_token_mass_mean",
+        "uniform_mass_mean",
+    ):
         out[key] = [
             None if values[0] is None else float(np.dot(weights, values))
             for values in zip(*(p[key] for p in parts), strict=True)
         ]
-    out["first_token_mass"] = [
-        None if values[0] is None else np.tensordot(weights, np.asarray(values), 1).tolist()
-        for values in zip(*(p["first_token_mass"] for p in parts), strict=True)
-    ]
+    for key in ("first_token_mass", "uniform_mass"):
+        out[key] = [
+            None if values[0] is None else np.tensordot(weights, np.asarray(values), 1).tolist()
+            for values in zip(*(p[key] for p in parts), strict=True)
+        ]
     return out
 
 
@@ -247,9 +305,11 @@ def summary(seeds: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str
     return out
 
 
-def write_json(record: Mapping[str, Any], path: pathlib.Path) -> pathlib.Path:
+def write_json(
+    record: Mapping[str, Any], path: pathlib.Path, indent: int | None = 1
+) -> pathlib.Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=1) + "\n")
+    path.write_text(json.dumps(record, indent=indent) + "\n")
     return path
 
 

@@ -11,8 +11,10 @@ cut to their first column on the device. Writes OUT/sinks.png (mean over heads, 
 seeds) and OUT/sinks.json (per label: each seed's per-head masses and the per-block mean and
 std over seeds, ddof 1).
 
-Reference point: uniform attention over n visible keys puts 1/n on key 0 (1/50 for ViT-T/4 with
-its 49 patches + CLS, when every key is visible).
+Reference point ("uniform_mass"): the mass on key 0 if every query spread its attention evenly
+over the keys it gives weight to (1/50 for a softmax ViT-T/4, 49 patches + CLS; about 1/(k+1) for
+a Krause patch query keeping k keys plus CLS; 0 where key 0 is outside a query's window). A sink
+is mass on key 0 well above this.
 """
 
 from __future__ import annotations
@@ -42,17 +44,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     record = {
         "what": "per block: mean attention probability of queries 1..N-1 on key 0 (CLS / first"
         " pixel), over the test images; per head for each seed, mean over heads summarised as"
-        " mean and std (ddof 1) over seeds",
+        " mean and std (ddof 1) over seeds; uniform_mass: the same for attention spread evenly"
+        " over each query's keys with weight > 0 (the no-sink reference)",
         "num_images": args.num_images,
         "runs": command.describe_runs(loaded),
         "models": {
             label: {
                 "blocks": [n for n in s[0]["names"] if n != "embedding"],
-                "summary": command.summary(s, ["first_token_mass_mean"]),
+                "summary": command.summary(s, ["first_token_mass_mean", "uniform_mass_mean"]),
                 "seeds": [
                     {
                         "first_token_mass_mean": seed["first_token_mass_mean"],
                         "first_token_mass_per_head": seed["first_token_mass"],
+                        "uniform_mass_mean": seed["uniform_mass_mean"],
+                        "uniform_mass_per_head": seed["uniform_mass"],
                     }
                     for seed in s
                 ],
