@@ -3,7 +3,7 @@ r"""CIFAR-10 with Swin-T and KSwin-T (Krause attention inside the Swin windows).
     python -m krause.main --config configs/cifar_swin.py:model=kswin_t \
         --workdir runs/cifar10_kswin_t --config.input.data_dir ~/tensorflow_datasets
 
-Both rows: `python -m krause.sweep --config configs/cifar_swin.py --workdir_root runs/swin`.
+Both rows, seeds and the table beside the paper's: `python -m krause.reproduce swin`.
 
 Arguments (after the colon, comma separated):
   model=swin_t|kswin_t   (default kswin_t)

@@ -5,7 +5,8 @@ One table row (the paper's recipe is the default):
     python -m krause.main --config configs/cifar_vit.py:model=kvit_s4,dataset=cifar10 \
         --workdir runs/cifar10_kvit_s4 --config.input.data_dir ~/tensorflow_datasets
 
-Every row: `python -m krause.sweep --config configs/cifar_vit.py --workdir_root runs/cifar`.
+Every row, with seeds and the table beside the paper's: `python -m krause.reproduce cifar10`
+(`cifar100`, `cifar_ablation`).
 Data: `python -m krause.data.prepare --dataset cifar10 --archive_dir DIR` (cifar-10-python.tar.gz).
 
 Arguments (after the colon, comma separated):

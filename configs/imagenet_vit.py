@@ -5,7 +5,7 @@ One table row (the paper's recipe is the default):
     python -m krause.main --config configs/imagenet_vit.py:model=kvit_s16 \
         --workdir runs/in1k_kvit_s16 --config.input.data_dir ~/tensorflow_datasets
 
-Every row: `python -m krause.sweep --config configs/imagenet_vit.py --workdir_root runs/in1k`.
+Every row, with seeds and the table beside the paper's: `python -m krause.reproduce imagenet`.
 Data: `python -m krause.data.prepare --dataset imagenet2012 --archive_dir DIR` (the official
 ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar); the test metric is on the 50,000 validation
 images, the usual ImageNet "test" set.

@@ -5,7 +5,8 @@ One table row (the paper's recipe is the default):
     python -m krause.main --config configs/pixel_ar.py:dataset=mnist,attention=krause \
         --workdir runs/mnist_karm --config.input.data_dir ~/tensorflow_datasets
 
-Every row: `python -m krause.sweep --config configs/pixel_ar.py --workdir_root runs/pixels`.
+Every row, with seeds and the table beside the paper's: `python -m krause.reproduce pixel_mnist`
+(`pixel_cifar10`).
 
 Arguments (after the colon, comma separated):
   dataset=mnist|cifar10|fashion_mnist   (default mnist; fashion_mnist uses the MNIST model)

@@ -295,7 +295,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except (ValueError, FileNotFoundError) as error:  # bad input: the message, no traceback
-        sys.exit(f"error: {error}")
+    from krause import cli
+
+    cli.run(main)

@@ -185,7 +185,7 @@ def test_config_argument_parsing():
 
 @pytest.mark.parametrize(("file", "arg"), ROW_CONFIGS, ids=[f"{f}:{a}" for f, a in ROW_CONFIGS])
 def test_table_row_configs_map_to_the_papers_row(file, arg):
-    """scripts/collect_results.py finds each table row's paper number from its config."""
+    """krause.reproduce finds each table row's paper number from its config."""
     config = tc.load_config(f"{CONFIGS / file}:{arg}")
     row = row_name(config.model_name, config.model.to_dict())
     assert (config.input.dataset, row) in PAPER, row

@@ -12,6 +12,7 @@ import optax
 import pytest
 from PIL import Image
 
+from krause import paper
 from krause.attention import KrauseWeights
 from krause.attention.decoding import cached_krause_attention
 from krause.models.pixel_ar import MODELS
@@ -73,17 +74,14 @@ def forward(model, params, tokens):
     return _jitted_apply(model)(params, tokens)
 
 
-@pytest.mark.parametrize(
-    "name, attention, expected",
-    [
-        ("pixel_ar_mnist", "softmax", 9_809_664),
-        ("pixel_ar_mnist", "linear", 9_809_664),
-        ("pixel_ar_mnist", "krause", 9_809_760),
-        ("pixel_ar_cifar10", "softmax", 52_274_432),
-        ("pixel_ar_cifar10", "linear", 52_274_432),
-        ("pixel_ar_cifar10", "krause", 52_274_560),
-    ],
-)
+PIXEL_ROWS = [
+    (f"pixel_ar_{dataset}", attention, paper.result(dataset, row).params)
+    for dataset in ("mnist", "cifar10")
+    for attention, row in paper.PIXEL_ROWS.items()
+]
+
+
+@pytest.mark.parametrize("name, attention, expected", PIXEL_ROWS)
 def test_parameter_counts(name, attention, expected):
     model = MODELS[name](attention=attention)
     tokens = jax.ShapeDtypeStruct((1, model.length), jnp.int32)

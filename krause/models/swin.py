@@ -1,7 +1,7 @@
 """Swin Transformer for small images with softmax or Krause window attention (Swin / KSwin).
 
-Architecture (torchvision's Swin v1 layout; pins the paper's parameter counts, Swin-T 27,510,484 and
-KSwin-T 27,510,622 on CIFAR-10): patch embedding = strided convolution with bias + LayerNorm; four
+Architecture (torchvision's Swin v1 layout; pins the paper's parameter counts, `krause.paper`):
+patch embedding = strided convolution with bias + LayerNorm; four
 stages of `depths[i]` blocks with `heads[i]` heads, width embed_dim * 2^i; a patch merging between
 stages (2x2 neighbourhood concatenated -> LayerNorm(4C) -> Dense(2C) without bias); final LayerNorm,
 mean over the tokens, Dense head. Blocks are pre-LN: `x = x + DropPath(WindowAttn(LN(x)))`,
