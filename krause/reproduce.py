@@ -110,16 +110,10 @@ def format_value(value: Any) -> str:
 def apply_overrides(config, overrides: Iterable[tuple[str, Any]]) -> None:
     """Sets dotted fields of `config` in place; an unknown field is a ValueError listing the
     known ones (the same check as `krause.main`)."""
-    from krause.train.config import unknown_field_message
+    from krause.train.config import field_parent
 
     for path, value in overrides:
-        message = unknown_field_message(config, path)
-        if message:
-            raise ValueError(message)
-        *parents, leaf = path.split(".")
-        node = config
-        for part in parents:
-            node = node[part]
+        node, leaf = field_parent(config, path)
         node[leaf] = value
 
 

@@ -53,15 +53,9 @@ TRUTH = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no":
 
 def parse_value(config, path: str, text: str) -> Any:
     """`text` as a value of dotted field `path` of `config`, converted to the field's type."""
-    from krause.train.config import unknown_field_message
+    from krause.train.config import field_parent
 
-    message = unknown_field_message(config, path)
-    if message:
-        raise ValueError(message)
-    *parents, leaf = path.split(".")
-    node = config
-    for part in parents:
-        node = node[part]
+    node, leaf = field_parent(config, path)
     kind = node.get_type(leaf)
     if text.lower() == "none":
         return None

@@ -426,6 +426,19 @@ def unknown_field_message(config: ConfigDict, path: str) -> str | None:
     return None
 
 
+def field_parent(config: ConfigDict, path: str) -> tuple[ConfigDict, str]:
+    """(the ConfigDict holding dotted field `path`, the field's name); an unknown field is a
+    ValueError listing the known ones (`unknown_field_message`)."""
+    message = unknown_field_message(config, path)
+    if message:
+        raise ValueError(message)
+    *parents, leaf = path.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    return node, leaf
+
+
 def load_config_module(path: str | pathlib.Path):
     """Imports a config file by path (as ml_collections' config_flags does)."""
     file = pathlib.Path(path)
