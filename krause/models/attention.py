@@ -1,10 +1,11 @@
 """One attention module for every model: softmax, linear or Krause, in Flax's call convention.
 
 `MultiHeadAttention` has the fields and the call of `flax.linen.MultiHeadDotProductAttention`
-(`num_heads`, `qkv_features`, `out_features`, `kernel_init`, `bias_init`, `use_bias`, `dtype`,
-`param_dtype`; `__call__(inputs_q, inputs_k=None, inputs_v=None, *, mask=None,
-deterministic=None, sow_weights=False)`) and the same parameters (`query`, `key`, `value`, `out`
-DenseGeneral layers), so switching a Flax transformer to Krause attention is one line:
+(`num_heads`, `qkv_features`, `out_features`, `kernel_init`, `out_kernel_init`, `bias_init`,
+`out_bias_init`, `use_bias`, `dtype`, `param_dtype`; `__call__(inputs_q, inputs_k=None,
+inputs_v=None, *, mask=None, deterministic=None, sow_weights=False)`) and the same parameters
+(`query`, `key`, `value`, `out` DenseGeneral layers), so switching a Flax transformer to Krause
+attention is one line (attention-weight dropout is not offered: apply dropout to the output):
 
     attn = nn.MultiHeadDotProductAttention(num_heads=4)                            # before
     attn = MultiHeadAttention(num_heads=4, attention="krause",
