@@ -6,6 +6,9 @@
 * `x64`: enables float64 in JAX for the duration of one test only (a scoped context manager, so
   test modules that do not request it keep JAX's default float32 behaviour). Attention tests use
   it through `pytestmark = pytest.mark.usefixtures("x64")`.
+* `classification_run`, `pixel_run`: one tiny mock-data training run per test module that requests
+  it ((workdir, results)); `compilation_cache`: a persistent compilation cache for such a module
+  (test_train.py, test_runs.py) so that resumed runs reuse executables. Specs in mock_runs.py.
 * `fast_jit`: `jax.jit` with XLA CPU options that cut compile time of small test programs ~4x
   (tests compile many tiny programs; runtime does not matter). Falls back to plain `jax.jit` if
   this JAX/XLA does not know the options.
@@ -51,3 +54,43 @@ def fast_jit():
     except Exception:  # options unknown to this XLA version
         return jax.jit
     return jit
+
+
+@pytest.fixture(scope="module")
+def compilation_cache(tmp_path_factory):
+    """A persistent compilation cache for the requesting module: resumed runs reuse executables."""
+    from jax.experimental.compilation_cache import compilation_cache as cc
+
+    names = (
+        "jax_compilation_cache_dir",
+        "jax_persistent_cache_min_compile_time_secs",
+        "jax_persistent_cache_min_entry_size_bytes",
+    )
+    saved = {name: getattr(jax.config, name) for name in names}
+    values = (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)
+    for name, value in zip(names, values, strict=True):
+        jax.config.update(name, value)
+    cc.reset_cache()
+    yield
+    for name, value in saved.items():
+        jax.config.update(name, value)
+    cc.reset_cache()
+
+
+@pytest.fixture(scope="module")
+def classification_run(tmp_path_factory):
+    from mock_runs import CLASSIFICATION, run  # imported on use: tfds and the trainer are slow
+
+    workdir = tmp_path_factory.mktemp("classification")
+    return workdir, run(CLASSIFICATION, workdir)
+
+
+@pytest.fixture(scope="module")
+def pixel_run(tmp_path_factory):
+    from mock_runs import PIXELS, run
+
+    workdir = tmp_path_factory.mktemp("pixels")
+    return workdir, run(PIXELS, workdir, num_examples=12)
+
+
+# ------------------------------------------------------------------------------ end to end

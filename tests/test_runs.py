@@ -3,7 +3,7 @@ parameters, `krause.evaluate` reproduces results.json exactly, `krause.sample` d
 completions; a corrupted latest checkpoint is set aside and the run resumes from the previous
 one; a diverging run stops at the step that diverged, keeping its last good checkpoint.
 
-Tiny runs on `tfds.testing.mock_data`, built with the helpers of test_train.py.
+Tiny runs on `tfds.testing.mock_data`, specified in mock_runs.py.
 """
 
 from __future__ import annotations
@@ -20,17 +20,8 @@ import ml_collections
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
+from mock_runs import CLASSIFICATION, NUM_EXAMPLES, REPO, build_config, restore_params, run
 from PIL import Image
-from test_train import (  # noqa: F401 (compilation_cache: the module's autouse fixture)
-    CLASSIFICATION,
-    NUM_EXAMPLES,
-    PIXELS,
-    REPO,
-    build_config,
-    compilation_cache,
-    restore_params,
-    run,
-)
 
 from krause import data as kdata
 from krause import evaluate, runs, sample
@@ -42,16 +33,7 @@ from krause.train.trainer import DivergenceError, build_model
 ConfigDict = ml_collections.ConfigDict
 
 
-@pytest.fixture(scope="module")
-def classification_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("classification")
-    return workdir, run(CLASSIFICATION, workdir)
-
-
-@pytest.fixture(scope="module")
-def pixel_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pixels")
-    return workdir, run(PIXELS, workdir, num_examples=12)
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 # ------------------------------------------------------------------------------ saved config

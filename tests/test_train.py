@@ -23,9 +23,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
+from mock_runs import CLASSIFICATION, NUM_EXAMPLES, PIXELS, REPO, build_config, restore_params, run
 
 from krause import data as kdata
 from krause import main as krause_main
@@ -35,72 +35,7 @@ from krause.train import config as tc
 from krause.train import optim, tasks, train_and_evaluate
 from krause.train.trainer import InMemorySource, sigma_metrics
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-NUM_EXAMPLES = 24  # mock train and test split size
-CLASSIFICATION = (
-    "configs/fashion_mnist_vit.py",
-    "model=kvit_t4,smoke",  # depth 2, paper layout: post-LN, drop-path 0.1 in block 1
-    {"total_steps": 4, "checkpoint_every_steps": 2, "eval_every_steps": 2, "keep_checkpoints": 5},
-)
-# The pixel run reads the (mock) tfds files every time (the classification run caches them) and
-# accumulates gradients over 2 micro-batches; without dropout it must match whole batches.
-PIXELS = (
-    "configs/pixel_ar.py",
-    "dataset=mnist,attention=krause,smoke",
-    {"total_steps": 2, "cache_dataset": False, "grad_accum_steps": 2, "model.dropout_rate": 0.0},
-)
-
-
-def build_config(path: str, arg: str, overrides: dict):
-    config = tc.load_config_module(str(REPO / path)).get_config(arg)
-    config.update_from_flattened_dict(overrides)
-    return config
-
-
-def run(spec, workdir, num_examples: int = NUM_EXAMPLES) -> dict:
-    with tfds.testing.mock_data(num_examples=num_examples):
-        return train_and_evaluate(build_config(*spec), workdir)
-
-
-def restore_params(workdir: pathlib.Path, step: int):
-    with ocp.CheckpointManager(workdir / "checkpoints") as manager:
-        return manager.restore(step, args=ocp.args.StandardRestore())["params"]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def compilation_cache(tmp_path_factory):
-    """A persistent compilation cache for this module: the resumed run reuses executables."""
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
-    names = (
-        "jax_compilation_cache_dir",
-        "jax_persistent_cache_min_compile_time_secs",
-        "jax_persistent_cache_min_entry_size_bytes",
-    )
-    saved = {name: getattr(jax.config, name) for name in names}
-    values = (str(tmp_path_factory.mktemp("jax_cache")), 0.0, 0)
-    for name, value in zip(names, values, strict=True):
-        jax.config.update(name, value)
-    cc.reset_cache()
-    yield
-    for name, value in saved.items():
-        jax.config.update(name, value)
-    cc.reset_cache()
-
-
-@pytest.fixture(scope="module")
-def classification_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("classification")
-    return workdir, run(CLASSIFICATION, workdir)
-
-
-@pytest.fixture(scope="module")
-def pixel_run(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp("pixels")
-    return workdir, run(PIXELS, workdir, num_examples=12)
-
-
-# ------------------------------------------------------------------------------ end to end
+pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
 def test_classification_end_to_end(classification_run):
@@ -205,7 +140,7 @@ def test_data_parallel_loss_equals_single_device(classification_run, tmp_path):
         import json, sys
         import jax, tensorflow_datasets as tfds
         sys.path.insert(0, {str(REPO / "tests")!r})
-        from test_train import CLASSIFICATION, run
+        from mock_runs import CLASSIFICATION, run
         assert jax.device_count() == 4, jax.devices()
         print(json.dumps(run(CLASSIFICATION, {str(tmp_path / "dp")!r})))
         """
