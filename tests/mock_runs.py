@@ -1,4 +1,5 @@
-"""Tiny training runs on `tfds.testing.mock_data` shared by test_train.py and test_runs.py.
+"""Tiny training runs on `tfds.testing.mock_data` shared by test_train.py and test_runs.py, and a
+fake trainer for the tests of the commands that launch runs (test_reproduce.py, test_sweep.py).
 
 The fixtures built from them (`classification_run`, `pixel_run`, `compilation_cache`) live in
 conftest.py.
@@ -6,8 +7,10 @@ conftest.py.
 
 from __future__ import annotations
 
+import json
 import pathlib
 
+import numpy as np
 import orbax.checkpoint as ocp
 import tensorflow_datasets as tfds
 
@@ -44,3 +47,29 @@ def run(spec, workdir, num_examples: int = NUM_EXAMPLES) -> dict:
 def restore_params(workdir: pathlib.Path, step: int):
     with ocp.CheckpointManager(workdir / "checkpoints") as manager:
         return manager.restore(step, args=ocp.args.StandardRestore())["params"]
+
+
+class FakeTrainer:
+    """Stands in for `train_and_evaluate`: writes config.json, then results.json with random
+    metrics; with `validation`, a val/accuracy anti-correlated with the test accuracy (so that a
+    selection made on test numbers would pick another setting)."""
+
+    def __init__(self, rng: np.random.Generator, validation: bool = False):
+        self.rng, self.validation = rng, validation
+        self.calls: list[pathlib.Path] = []  # workdirs, in call order
+        self.results: dict[pathlib.Path, dict] = {}
+
+    def __call__(self, config, workdir):
+        workdir = pathlib.Path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        val = float(self.rng.uniform(0.5, 1.0))
+        results = {"step": 3, "test/accuracy": 1.5 - val, "test/loss": float(self.rng.uniform())}
+        results |= {"train/loss": float(self.rng.uniform()), "num_params": 10}
+        results["dataset"] = config.input.dataset
+        if self.validation:
+            results["val/accuracy"] = val
+        self.calls.append(workdir)
+        self.results[workdir] = results
+        (workdir / "results.json").write_text(json.dumps(results))
+        return results

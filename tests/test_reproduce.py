@@ -16,6 +16,7 @@ import jax
 import numpy as np
 import pytest
 from jax.experimental.compilation_cache import compilation_cache
+from mock_runs import FakeTrainer
 
 from krause import paper, reproduce
 
@@ -46,27 +47,6 @@ def tiny_table(rows=("vit_t4", "kvit_t4"), overrides=TINY) -> reproduce.Table:
     )
 
 
-class FakeTrainer:
-    """Writes what the trainer writes (config.json first, results.json at the end)."""
-
-    def __init__(self, rng: np.random.Generator):
-        self.rng = rng
-        self.calls: list[pathlib.Path] = []
-        self.values: dict[pathlib.Path, float] = {}
-
-    def __call__(self, config, workdir):
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-        accuracy = float(self.rng.uniform(0.5, 1.0))
-        self.calls.append(workdir)
-        self.values[workdir] = accuracy
-        results = {"step": 3, "test/accuracy": accuracy, "num_params": 1234}
-        results["dataset"] = config.input.dataset
-        (workdir / "results.json").write_text(json.dumps(results))
-        return results
-
-
 @pytest.fixture
 def tiny(monkeypatch, rng, tmp_path):
     """The tiny table registered as "tiny", a fake trainer, and the argv prefix for main."""
@@ -86,7 +66,7 @@ def test_aggregation_against_numpy_and_paper(tiny, tmp_path):
     assert collected["scale"] == "paper" and collected["seeds"] == 3
     for row in collected["rows"]:
         workdirs = [tmp_path / "runs" / "tiny" / row["row"] / f"seed_{3407 + i}" for i in range(3)]
-        values = np.array([100 * fake.values[w] for w in workdirs], np.float64)
+        values = np.array([100 * fake.results[w]["test/accuracy"] for w in workdirs], np.float64)
         assert row["n"] == 3
         np.testing.assert_allclose(row["mean"], values.mean(), rtol=1e-12)
         np.testing.assert_allclose(row["std"], np.std(values, ddof=1), rtol=1e-12)

@@ -12,6 +12,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from mock_runs import FakeTrainer
 
 from krause import sweep
 
@@ -22,27 +23,6 @@ TINY_FLAGS = [
     "--config.cache_dataset=False",
     "--config.input.eval_batch_size=1000",
 ]
-
-
-class FakeTrainer:
-    """Writes config.json, then results.json with random test (and optionally val) metrics."""
-
-    def __init__(self, rng: np.random.Generator, validation: bool):
-        self.rng, self.validation = rng, validation
-        self.results: dict[pathlib.Path, dict] = {}
-
-    def __call__(self, config, workdir):
-        workdir = pathlib.Path(workdir)
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
-        val = float(self.rng.uniform(0.5, 1.0))
-        results = {"step": 3, "test/accuracy": 1.5 - val, "test/loss": float(self.rng.uniform())}
-        results |= {"train/loss": float(self.rng.uniform()), "num_params": 10}
-        if self.validation:
-            results["val/accuracy"] = val  # anti-correlated with test: selection must use val
-        self.results[workdir] = results
-        (workdir / "results.json").write_text(json.dumps(results))
-        return results
 
 
 def run_grid(tmp_path, extra=()):
