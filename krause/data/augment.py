@@ -56,6 +56,31 @@ def _interpolation(name: str) -> Image.Resampling:
     return _INTERPOLATIONS[name]
 
 
+def _box_draws(
+    height: int,
+    width: int,
+    rng: np.random.Generator,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    fits,
+) -> tuple[int, int, int, int] | None:
+    """torchvision's box sampling: up to 10 draws of an area fraction ~ U(scale) and a
+    log-uniform aspect ratio in `ratio`, each giving (long, short) = (sqrt(area * aspect),
+    sqrt(area / aspect)) rounded; `fits(long, short)` returns (h, w) if the box fits, else None.
+    (top, left, h, w) of the first box that fits (then uniform top and left), else None."""
+    area = height * width
+    for _ in range(10):
+        target_area = area * rng.uniform(*scale)
+        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
+        box = fits(round(math.sqrt(target_area * aspect)), round(math.sqrt(target_area / aspect)))
+        if box is not None:
+            h, w = box
+            top = int(rng.integers(0, height - h + 1))
+            left = int(rng.integers(0, width - w + 1))
+            return top, left, h, w
+    return None
+
+
 def random_resized_crop_box(
     height: int,
     width: int,
@@ -67,16 +92,11 @@ def random_resized_crop_box(
     """(top, left, h, w) of torchvision's RandomResizedCrop.get_params: up to 10 draws of an area
     fraction ~ U(scale) and a log-uniform aspect ratio w/h in `ratio`, kept if the box fits;
     otherwise the largest centred box whose aspect ratio is clipped to `ratio`."""
-    area = height * width
-    for _ in range(10):
-        target_area = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        w = round(math.sqrt(target_area * aspect))
-        h = round(math.sqrt(target_area / aspect))
-        if 0 < w <= width and 0 < h <= height:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
+    # aspect is w / h: (long, short) = (w, h)
+    fits = lambda w, h: (h, w) if 0 < w <= width and 0 < h <= height else None
+    box = _box_draws(height, width, rng, scale, ratio, fits)
+    if box is not None:
+        return box
     w, h = width, height
     if width / height < min(ratio):
         h = round(width / min(ratio))
@@ -236,17 +256,9 @@ def random_erasing_box(
     """(top, left, h, w) of torchvision's RandomErasing.get_params: up to 10 draws of an area
     fraction ~ U(scale) and a log-uniform aspect ratio h/w in `ratio`, kept if h < H and w < W;
     None if no draw fits (the image is left unchanged)."""
-    area = height * width
-    for _ in range(10):
-        target_area = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(math.log(ratio[0]), math.log(ratio[1])))
-        h = round(math.sqrt(target_area * aspect))
-        w = round(math.sqrt(target_area / aspect))
-        if h < height and w < width:
-            top = int(rng.integers(0, height - h + 1))
-            left = int(rng.integers(0, width - w + 1))
-            return top, left, h, w
-    return None
+    # aspect is h / w: (long, short) = (h, w)
+    fits = lambda h, w: (h, w) if h < height and w < width else None
+    return _box_draws(height, width, rng, scale, ratio, fits)
 
 
 def random_erasing(
