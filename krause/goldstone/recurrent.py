@@ -25,12 +25,6 @@ from krause.goldstone.models import block_size_of, check_group, sigma_w
 CELLS = ("eq_rnn", "eq_gru", "rnn", "gru")
 
 
-def _recurrent_map(group: str, width: int, std: float, k: int | None, name: str) -> nn.Module:
-    if group == "u1":
-        return U1Dense(width, std, name=name)
-    return OkDense(width, k, std, name=name)
-
-
 def _block_norms(h: jax.Array, block: int) -> jax.Array:
     return safe_norm(h.reshape(*h.shape[:-1], -1, block))
 
@@ -39,42 +33,49 @@ def _per_block(gate: jax.Array, block: int) -> jax.Array:
     return jnp.repeat(gate, block, axis=-1)
 
 
-class EquivariantRNNCell(nn.Module):
-    """(h [..., N], x [..., d]) -> (h', h'): h' = radial_tanh(R h + B x)."""
+class _EquivariantCell(nn.Module):
+    """Fields and maps shared by the equivariant cells: hidden width N in the group's layout,
+    the recurrent map's weight scale sigma_w, the group's block size."""
 
     group: str
     width: int
     sigma: float = 1.5
     k: int | None = None
 
+    @property
+    def block(self) -> int:
+        return block_size_of(self.group, self.k)
+
+    def recurrent(self) -> nn.Module:
+        """R: U1Dense / OkDense with std = sigma / sigma_w(std 1), named "recurrent"."""
+        std = self.sigma / sigma_w(1.0, self.width, self.group, self.k)
+        if self.group == "u1":
+            return U1Dense(self.width, std, name="recurrent")
+        return OkDense(self.width, self.k, std, name="recurrent")
+
+
+class EquivariantRNNCell(_EquivariantCell):
+    """(h [..., N], x [..., d]) -> (h', h'): h' = radial_tanh(R h + B x)."""
+
     @nn.compact
     def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        block = block_size_of(self.group, self.k)
-        std = self.sigma / sigma_w(1.0, self.width, self.group, self.k)
-        rec = _recurrent_map(self.group, self.width, std, self.k, "recurrent")(h)
-        h = radial_tanh(rec + nn.Dense(self.width, name="input")(x), block)
+        h = radial_tanh(self.recurrent()(h) + nn.Dense(self.width, name="input")(x), self.block)
         return h, h
 
 
-class EquivariantGRUCell(nn.Module):
+class EquivariantGRUCell(_EquivariantCell):
     """(h [..., N], x [..., d]) -> (h', h'): a GRU whose gates see only block norms and x."""
-
-    group: str
-    width: int
-    sigma: float = 1.5
-    k: int | None = None
 
     @nn.compact
     def __call__(self, h: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-        block = block_size_of(self.group, self.k)
+        block = self.block
         units = self.width // block
         invariants = jnp.concatenate([_block_norms(h, block), x], axis=-1)
         z = nn.sigmoid(nn.Dense(units, name="update_gate")(invariants))
         r = nn.sigmoid(nn.Dense(units, name="reset_gate")(invariants))
-        std = self.sigma / sigma_w(1.0, self.width, self.group, self.k)
-        rec = _recurrent_map(self.group, self.width, std, self.k, "recurrent")
         candidate = radial_tanh(
-            rec(_per_block(r, block) * h) + nn.Dense(self.width, name="input")(x), block
+            self.recurrent()(_per_block(r, block) * h) + nn.Dense(self.width, name="input")(x),
+            block,
         )
         z = _per_block(z, block)
         h = (1.0 - z) * h + z * candidate
