@@ -3,9 +3,12 @@
 Forward + backward (gradients w.r.t. q, k, v and sigma) under `jax.jit`, warmed up, median of
 repeats (at least --repeats calls and at least 2 s of calls; the methods of one size are timed
 round robin, one call each per round, so that load changes hit them alike, unless their peak
-memories add up to more than the budget); peak memory from XLA's buffer assignment of the
+memories add up to more than the budget: then one after the other, each in a process of its
+own on the CPU); peak memory from XLA's buffer assignment of the
 compiled program (`memory_analysis()`: arguments + outputs + temporaries), so it is known even
-for programs too big to run. Sizes that would exceed the memory budget run at a smaller batch
+for programs too big to run, and the peak resident memory of the process that ran the size (on
+the CPU every size runs in a fresh child process, so the whole run needs no more than its
+biggest size). Sizes that would exceed the memory budget run at a smaller batch
 (stated); sizes whose extrapolated time exceeds the time budget are skipped (stated).
 
 Families:
@@ -32,10 +35,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import json
+import multiprocessing
 import os
-import platform
+import resource
 import statistics
 import time
 from collections.abc import Callable
@@ -44,7 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from krause.allocator import allocator, reexec_with_tcmalloc, release_free_memory
+from krause.allocator import reexec_with_tcmalloc, release_free_memory
 from krause.attention import (
     causal_window,
     dense_mask,
@@ -55,6 +58,7 @@ from krause.attention import (
     resolve_impl,
     softmax_attention,
 )
+from krause.machine import describe as describe_machine
 
 SIGMA = 2.5
 # Peak HBM bandwidth (bytes/s) and dense float32 FLOP/s (full-precision tensor-core-free math,
@@ -206,6 +210,7 @@ def time_interleaved(programs: dict, repeats: int, budget_s: float) -> dict[str,
 
 
 def run(args) -> list[dict]:
+    """Every size of the table; on the CPU each size in a fresh child process (see run_case)."""
     grids = [int(x) for x in args.grids.split(",") if x]
     lengths = [int(x) for x in args.lengths.split(",") if x]
     cases = [
@@ -213,53 +218,91 @@ def run(args) -> list[dict]:
         Case("model", "14x14+1", grid_neighborhood(14, 14, 2, "chebyshev", 1), 12, False),
     ]
     cases += [grid_case(h) for h in grids] + [causal_case(n) for n in lengths]
+    rows, last = [], {}  # last: (family, method) -> (n, seconds per example)
+    # Children return their memory to the OS when they exit: in one process, the freed buffers of
+    # the dense 4097-token programs stayed resident (18.7 GB for three programs whose XLA peaks
+    # add up to 19 GB). Accelerators keep one process (a child would find the device memory taken).
+    spawn = None if on_accelerator() else multiprocessing.get_context("spawn")
+
+    def in_child(*run_case_args):
+        if spawn is None:
+            return run_case(*run_case_args)
+        with spawn.Pool(1) as child:
+            return child.apply(run_case, run_case_args)
+
+    for case in cases:
+        case_rows, case_last = in_child(case, args, last)
+        if case_rows is None:  # its programs do not fit in memory together: one child each
+            case_rows, case_last = [], dict(last)
+            for name in methods(case):
+                method_rows, method_last = in_child(case, args, last, (name,))
+                case_rows += method_rows
+                case_last |= method_last
+        rows += case_rows
+        last = case_last
+    return rows
+
+
+def run_case(
+    case: Case, args, last: dict, only: tuple[str, ...] | None = None
+) -> tuple[list[dict] | None, dict]:
+    """The rows of one size (every method, or those in `only`, timed round robin) and `last`
+    updated with them; (None, last) on the CPU when all methods' programs together exceed the
+    memory budget (the caller then runs each method alone, in a process of its own).
+
+    Each row also gets process_peak_mb: the peak resident memory of the process that ran it (a
+    child process on the CPU), beside peak_mb, XLA's buffer assignment of the program.
+    """
+    n = case.nb.length
     b, heads, dim = args.batch, args.heads, args.dim
     budget = args.mem_budget_gb * 2**30
-    rows, last = [], {}  # last: (family, method) -> (n, seconds per example)
-    for case in cases:
-        n = case.nb.length
-        case_rows, programs, inputs = [], {}, {}
-        for name, fn in methods(case).items():
-            row = dict(family=case.family, size=case.label, tokens=n, method=name)
-            case_rows.append(row)
-            if name.startswith("krause/"):
-                row["impl"] = resolve_impl(name.split("/")[1], case.nb)
-            prev = last.get((case.family, name))
-            quadratic = name in ("softmax", "dense-masked (release)", "krause/dense")
-            est = prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1) if prev else 0.0
-            if est > args.time_budget_s:
-                row["skipped"] = f"extrapolated {est:.0f} s per step > budget"
-                continue
-            batch = b
+    last = dict(last)
+    case_rows, programs, inputs = [], {}, {}
+    for name, fn in methods(case).items():
+        if only is not None and name not in only:
+            continue
+        row = dict(family=case.family, size=case.label, tokens=n, method=name)
+        case_rows.append(row)
+        if name.startswith("krause/"):
+            row["impl"] = resolve_impl(name.split("/")[1], case.nb)
+        prev = last.get((case.family, name))
+        quadratic = name in ("softmax", "dense-masked (release)", "krause/dense")
+        est = prev[1] * b * (n / prev[0]) ** (2 if quadratic else 1) if prev else 0.0
+        if est > args.time_budget_s:
+            row["skipped"] = f"extrapolated {est:.0f} s per step > budget"
+            continue
+        batch = b
+        compiled, peak = compile_step(fn, batch, n, heads, dim)
+        while peak > budget and batch > 1:
+            batch //= 2
             compiled, peak = compile_step(fn, batch, n, heads, dim)
-            while peak > budget and batch > 1:
-                batch //= 2
-                compiled, peak = compile_step(fn, batch, n, heads, dim)
-            row |= dict(batch=batch, peak_mb=peak / 2**20)
-            if peak > budget:
-                row["skipped"] = f"needs {peak / 2**30:.1f} GiB at batch 1"
-                continue
-            if batch not in inputs:
-                inputs[batch] = random_args(batch, n, heads, dim)
-            programs[name] = (compiled, inputs[batch])
-        if sum(row.get("peak_mb", 0) for row in case_rows) * 2**20 <= budget:
-            seconds = time_interleaved(programs, args.repeats, args.time_budget_s)
-        else:  # all of them at once would not fit: one program after the other
-            seconds = {}
-            for name, program in programs.items():
-                release_free_memory()
-                seconds |= time_interleaved({name: program}, args.repeats, args.time_budget_s)
-        for row in case_rows:
-            if row["method"] in seconds:
-                t = seconds[row["method"]]
-                row |= dict(ms=1e3 * t, ms_per_example=1e3 * t / row["batch"])
-                if on_accelerator():
-                    row |= accelerator_columns(case, row["method"], row["batch"], heads, dim, t)
-                last[(case.family, row["method"])] = (n, t / row["batch"])
-            print(_fmt_row(row), flush=True)
-        rows += case_rows
-        del programs, inputs
-    return rows
+        row |= dict(batch=batch, peak_mb=peak / 2**20)
+        if peak > budget:
+            row["skipped"] = f"needs {peak / 2**30:.1f} GiB at batch 1"
+            continue
+        if batch not in inputs:
+            inputs[batch] = random_args(batch, n, heads, dim)
+        programs[name] = (compiled, inputs[batch])
+    if sum(row.get("peak_mb", 0) for row in case_rows) * 2**20 <= budget:
+        seconds = time_interleaved(programs, args.repeats, args.time_budget_s)
+    elif only is None and not on_accelerator():
+        return None, last
+    else:  # all of them at once would not fit: one program after the other
+        seconds = {}
+        for name, program in programs.items():
+            release_free_memory()
+            seconds |= time_interleaved({name: program}, args.repeats, args.time_budget_s)
+    process_peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
+    for row in case_rows:
+        if row["method"] in seconds:
+            t = seconds[row["method"]]
+            row |= dict(ms=1e3 * t, ms_per_example=1e3 * t / row["batch"])
+            row["process_peak_mb"] = process_peak_mb
+            if on_accelerator():
+                row |= accelerator_columns(case, row["method"], row["batch"], heads, dim, t)
+            last[(case.family, row["method"])] = (n, t / row["batch"])
+        print(_fmt_row(row), flush=True)
+    return case_rows, last
 
 
 def growth_interleaved(args) -> list[str]:
@@ -301,7 +344,8 @@ def _fmt_row(row: dict) -> str:
             extra += f" ({row['hbm_pct']:.0f}% HBM, {row['flop_pct']:.0f}% FLOP peak)"
     return (
         f"{row['size']:>9} {row['method']:<24} batch {row['batch']:>2} "
-        f"{row['ms']:>10.1f} ms  {row['peak_mb']:>9.0f} MB" + extra
+        f"{row['ms']:>10.1f} ms  {row['peak_mb']:>9.0f} MB (XLA) "
+        f"{row.get('process_peak_mb', float('nan')):>7.0f} MB (process)" + extra
     )
 
 
@@ -309,9 +353,9 @@ def table(rows: list[dict]) -> str:
     """Markdown table with per-example ratios against softmax and the dense-masked release."""
     per_ex = {(r["family"], r["size"], r["method"]): r.get("ms_per_example") for r in rows}
     lines = [
-        "| family | tokens | method | batch | fwd+bwd ms | ms / example | peak MB "
-        "| softmax / this | dense-masked / this |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| family | tokens | method | batch | fwd+bwd ms | ms / example | peak MB (XLA) "
+        "| process peak MB | softmax / this | dense-masked / this |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     if any("gb_per_s" in r for r in rows):
         lines[0] += " HBM floor / time, FLOP/s (% of peak) |"
@@ -321,7 +365,7 @@ def table(rows: list[dict]) -> str:
         if "skipped" in r:
             lines.append(
                 f"| {r['family']} | {r['size']} | {name} | – | – | – | "
-                f"{r.get('peak_mb', float('nan')):.0f} | {r['skipped']} | |"
+                f"{r.get('peak_mb', float('nan')):.0f} | – | {r['skipped']} | |"
             )
             continue
         ratios = [
@@ -332,7 +376,8 @@ def table(rows: list[dict]) -> str:
         ]
         lines.append(
             f"| {r['family']} | {r['size']} | {name} | {r['batch']} | {r['ms']:.1f} | "
-            f"{r['ms_per_example']:.2f} | {r['peak_mb']:.0f} | {ratios[0]} | {ratios[1]} |"
+            f"{r['ms_per_example']:.2f} | {r['peak_mb']:.0f} | {r['process_peak_mb']:.0f} | "
+            f"{ratios[0]} | {ratios[1]} |"
         )
         if "gb_per_s" in r:  # accelerator: bandwidth and FLOP/s (and share of peak) appended
             peak = f" ({r['hbm_pct']:.0f}%, {r['flop_pct']:.0f}%)" if "hbm_pct" in r else ""
@@ -355,17 +400,6 @@ def growth(rows: list[dict]) -> list[str]:
     return out
 
 
-def machine() -> dict:
-    return dict(
-        cpus=os.cpu_count(),
-        processor=platform.processor() or platform.machine(),
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        allocator=allocator(),
-        date=datetime.date.today().isoformat(),
-    )
-
-
 def main():
     reexec_with_tcmalloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -375,7 +409,7 @@ def main():
     parser.add_argument("--heads", type=int, default=6)
     parser.add_argument("--dim", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=5)
-    # Per program; tcmalloc caches freed memory, so the process can need up to ~2x this.
+    # Per program (XLA's buffer assignment); a size's process holds up to ~2x this resident.
     parser.add_argument("--mem_budget_gb", type=float, default=8.0)
     parser.add_argument("--time_budget_s", type=float, default=60.0)
     parser.add_argument("--quick", action="store_true", help="small sizes only")
@@ -386,7 +420,7 @@ def main():
     args = parser.parse_args()
     if args.quick:
         args.grids, args.lengths, args.repeats = "8,16,32", "784,1024", 3
-    info = machine()
+    info = describe_machine()
     print(f"machine: {info}")
     if not on_accelerator():
         print(

@@ -26,10 +26,8 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -40,7 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from krause.allocator import allocator, reexec_with_tcmalloc
+from krause.allocator import reexec_with_tcmalloc
+from krause.machine import describe as describe_machine
 from krause.models import get_model
 from krause.models.sampling import sample
 from krause.models.vit import LAYOUTS
@@ -48,25 +47,6 @@ from krause.models.vit import LAYOUTS
 ATTENTION_NAMES = {"softmax": "ARM", "linear": "LARM", "krause": "KARM"}
 TRAIN_PAIRS = {"cifar": ("vit_s4", "kvit_s4"), "imagenet": ("vit_s16", "kvit_s16")}
 SAMPLE_MODELS = {"mnist": "pixel_ar_mnist", "cifar10": "pixel_ar_cifar10"}
-
-
-def machine() -> dict:
-    cpu_model = ""
-    if Path("/proc/cpuinfo").exists():
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    return dict(
-        cpus=os.cpu_count(),
-        cpu_model=cpu_model or platform.processor() or platform.machine(),
-        jax=jax.__version__,
-        backend=jax.default_backend(),
-        allocator=allocator(),
-        python=platform.python_version(),
-        date=datetime.datetime.now().isoformat(timespec="seconds"),
-        load_average_before=[round(x, 2) for x in os.getloadavg()],
-    )
 
 
 def param_count(params) -> int:
@@ -376,7 +356,7 @@ def main():
             setattr(args, key, quick if args.quick else full)
 
     result = dict(
-        machine=machine(),
+        machine=describe_machine(),
         command="python " + " ".join(sys.argv),
         args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         train=bench_train(args) if args.only != "sample" else [],
