@@ -219,9 +219,9 @@ def run(args) -> list[dict]:
     ]
     cases += [grid_case(h) for h in grids] + [causal_case(n) for n in lengths]
     rows, last = [], {}  # last: (family, method) -> (n, seconds per example)
-    # Children return their memory to the OS when they exit: in one process, the freed buffers of
-    # the dense 4097-token programs stayed resident (18.7 GB for three programs whose XLA peaks
-    # add up to 19 GB). Accelerators keep one process (a child would find the device memory taken).
+    # Children return their memory to the OS when they exit; one process keeps the high-water
+    # mark of every program it ran (tcmalloc keeps freed buffers; see --mem_budget_gb).
+    # Accelerators keep one process (a child would find the device memory taken).
     spawn = None if on_accelerator() else multiprocessing.get_context("spawn")
 
     def in_child(*run_case_args):
