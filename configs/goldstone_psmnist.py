@@ -5,7 +5,7 @@ Full (MNIST; prepare it with `python -m krause.data.prepare --dataset mnist ...`
     python -m krause.goldstone.main --config configs/goldstone_psmnist.py:dataset=mnist \
         --workdir workdirs/goldstone/psmnist/mnist_o24
 
-Reduced CPU run on Fashion-MNIST pixels:
+Reduced CPU run on Fashion-MNIST pixels (seed 0, 1,000 steps of 128, the whole test split):
 
     python -m krause.goldstone.main --config configs/goldstone_psmnist.py:reduced \
         --workdir workdirs/goldstone/psmnist/fmnist_o24_reduced
@@ -50,8 +50,7 @@ def get_config(arg=None):
     if arg.reduced:
         config.input = default_input_config("fashion_mnist", "none")
         config.seeds = [0]
-        config.steps, config.batch_size, config.eval_every_steps = 300, 32, 100
-        config.max_test_examples = 1000
+        config.steps, config.eval_every_steps = 1000, 250
     if arg.smoke:
         config.seeds, config.steps, config.batch_size, config.eval_every_steps = [0], 2, 4, 2
         config.max_train_examples, config.max_test_examples, config.eval_size = 64, 32, 32
