@@ -91,6 +91,3 @@ def pixel_run(tmp_path_factory):
 
     workdir = tmp_path_factory.mktemp("pixels")
     return workdir, run(PIXELS, workdir, num_examples=12)
-
-
-# ------------------------------------------------------------------------------ end to end

@@ -38,6 +38,9 @@ from krause.train.trainer import InMemorySource, sigma_metrics
 pytestmark = pytest.mark.usefixtures("compilation_cache")
 
 
+# ------------------------------------------------------------------------------ end to end
+
+
 def test_classification_end_to_end(classification_run):
     workdir, results = classification_run
     # Final-step numbers over the whole (mock) test split, padding masked out.
