@@ -108,9 +108,11 @@ def test_bfloat16_inputs(nb, impl, rng, fast_jit):
     # The float32 computation on the same (bf16-rounded) inputs: only the output rounding differs.
     out32, grads32 = fn(*(x.astype(jnp.float32) for x in (q, k, v)), sigma, cot)
     np.testing.assert_allclose(np.asarray(out, np.float32), out32, rtol=1e-2, atol=1e-2)
+    # sigma's gradient sums the rounding of every bf16 score: over 150 seeds its error reached
+    # 2.3e-2 (3.2e-2 at one seed), identical in every implementation; q, k, v stayed below 6e-3.
     for name, g, g32 in zip("qkvs", grads, grads32, strict=True):
-        scale = max(1.0, float(np.abs(g32).max()))
-        np.testing.assert_allclose(np.asarray(g, np.float32), g32, atol=2e-2 * scale, err_msg=name)
+        scale = max(1.0, float(np.abs(g32).max())) * (6e-2 if name == "s" else 2e-2)
+        np.testing.assert_allclose(np.asarray(g, np.float32), g32, atol=scale, err_msg=name)
 
 
 def test_top_k_never_leaves_a_row_empty_at_any_xla_optimisation_level(rng):
