@@ -7,19 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from krause.attention import (
-    CausalWindow,
-    Full,
-    GridNeighborhood,
-    causal,
-    causal_window,
-    dense_mask,
-    full,
-    grid_neighborhood,
-    index_table,
-    max_neighbors,
-    resolve_impl,
-)
+import krause.attention as ka
 
 SETTINGS = settings(max_examples=40, deadline=None, database=None)
 
@@ -45,35 +33,35 @@ def grid_mask_by_coordinates(height, width, radius, metric, num_global):
     num_global=st.integers(0, 2),
 )
 def test_grid_mask_equals_independent_construction(height, width, radius, metric, num_global):
-    nb = grid_neighborhood(height, width, radius, metric, num_global)
-    assert isinstance(nb, GridNeighborhood)
+    nb = ka.grid_neighborhood(height, width, radius, metric, num_global)
+    assert isinstance(nb, ka.GridNeighborhood)
     assert nb.length == num_global + height * width
     assert nb.num_global_queries == num_global
     expected = grid_mask_by_coordinates(height, width, radius, metric, num_global)
-    mask = dense_mask(nb)
+    mask = ka.dense_mask(nb)
     assert mask.dtype == bool
     np.testing.assert_array_equal(mask, expected)
     # "top-k at or above this keeps everything": an upper bound on every |N(i)|.
-    assert max_neighbors(nb) >= expected.sum(-1).max()
+    assert ka.max_neighbors(nb) >= expected.sum(-1).max()
 
 
 @pytest.mark.parametrize(
     ("nb", "largest"),
     [
-        (grid_neighborhood(1, 1, 1, "manhattan", 0), 1),
-        (grid_neighborhood(2, 2, 2, "chebyshev", 0), 4),
-        (grid_neighborhood(8, 8, 1, "manhattan", 0), 5),
-        (grid_neighborhood(3, 3, 1, "manhattan", 1), 10),
+        (ka.grid_neighborhood(1, 1, 1, "manhattan", 0), 1),
+        (ka.grid_neighborhood(2, 2, 2, "chebyshev", 0), 4),
+        (ka.grid_neighborhood(8, 8, 1, "manhattan", 0), 5),
+        (ka.grid_neighborhood(3, 3, 1, "manhattan", 1), 10),
     ],
 )
 def test_max_neighbors_is_the_largest_neighbourhood(nb, largest):
     """Documented as "Largest |N(i)| over all queries"."""
-    assert max_neighbors(nb) == largest
+    assert ka.max_neighbors(nb) == largest
 
 
 def test_grid_mask_examples_from_the_spec():
     # CIFAR: 8x8 grid, von Neumann radius 1 + CLS: interior patch sees 5 patches + CLS.
-    mask = dense_mask(grid_neighborhood(8, 8, 1, "manhattan", 1))
+    mask = ka.dense_mask(ka.grid_neighborhood(8, 8, 1, "manhattan", 1))
     assert mask.shape == (65, 65)
     patch = lambda r, c: 1 + 8 * r + c
     assert set(np.flatnonzero(mask[patch(3, 4)])) == {
@@ -87,7 +75,7 @@ def test_grid_mask_examples_from_the_spec():
     assert set(np.flatnonzero(mask[patch(0, 0)])) == {0, patch(0, 0), patch(1, 0), patch(0, 1)}
     assert mask[0].all() and mask[:, 0].all()
     # ImageNet: 14x14 grid, Chebyshev radius 2: 5x5 window, clipped (not shifted) at borders.
-    mask = dense_mask(grid_neighborhood(14, 14, 2, "chebyshev", 1))
+    mask = ka.dense_mask(ka.grid_neighborhood(14, 14, 2, "chebyshev", 1))
     counts = mask[1:].sum(-1) - 1  # minus CLS
     assert counts.reshape(14, 14)[5, 5] == 25
     assert counts.reshape(14, 14)[0, 0] == 9
@@ -97,24 +85,24 @@ def test_grid_mask_examples_from_the_spec():
 @SETTINGS
 @given(length=st.integers(1, 40), window=st.integers(1, 50))
 def test_causal_window_mask_is_j_in_i_minus_w_to_i(length, window):
-    nb = causal_window(length, window)
-    assert isinstance(nb, CausalWindow)
+    nb = ka.causal_window(length, window)
+    assert isinstance(nb, ka.CausalWindow)
     assert nb.num_global_queries == 0
     i, j = np.arange(length)[:, None], np.arange(length)[None, :]
     expected = (j <= i) & (j > i - window)
-    np.testing.assert_array_equal(dense_mask(nb), expected)
-    assert max_neighbors(nb) == min(window, length)
+    np.testing.assert_array_equal(ka.dense_mask(nb), expected)
+    assert ka.max_neighbors(nb) == min(window, length)
 
 
 @pytest.mark.parametrize("length", [1, 2, 7, 30])
 def test_full_and_causal(length):
-    nb = full(length)
-    assert isinstance(nb, Full)
-    np.testing.assert_array_equal(dense_mask(nb), np.ones((length, length), bool))
-    assert nb.num_global_queries == length and max_neighbors(nb) == length
-    nb = causal(length)
-    assert isinstance(nb, CausalWindow)
-    np.testing.assert_array_equal(dense_mask(nb), np.tril(np.ones((length, length), bool)))
+    nb = ka.full(length)
+    assert isinstance(nb, ka.Full)
+    np.testing.assert_array_equal(ka.dense_mask(nb), np.ones((length, length), bool))
+    assert nb.num_global_queries == length and ka.max_neighbors(nb) == length
+    nb = ka.causal(length)
+    assert isinstance(nb, ka.CausalWindow)
+    np.testing.assert_array_equal(ka.dense_mask(nb), np.tril(np.ones((length, length), bool)))
 
 
 @SETTINGS
@@ -128,16 +116,16 @@ def test_full_and_causal(length):
 )
 def test_index_table_lists_exactly_the_neighbourhood(kind, a, b, radius, metric, num_global):
     if kind == "grid":
-        nb = grid_neighborhood(a, b, radius, metric, num_global)
+        nb = ka.grid_neighborhood(a, b, radius, metric, num_global)
         expected = grid_mask_by_coordinates(a, b, radius, metric, num_global)
     elif kind == "causal":
-        nb = causal_window(a * b, radius + 1)
+        nb = ka.causal_window(a * b, radius + 1)
         i, j = np.arange(a * b)[:, None], np.arange(a * b)[None, :]
         expected = (j <= i) & (j > i - radius - 1)
     else:
-        nb = full(a * b)
+        nb = ka.full(a * b)
         expected = np.ones((a * b, a * b), bool)
-    table = index_table(nb)
+    table = ka.index_table(nb)
     assert table.dtype == np.int32 and table.shape[0] == nb.length
     g = nb.num_global_queries
     assert np.all(table[:g] == -1)
@@ -150,7 +138,7 @@ def test_index_table_lists_exactly_the_neighbourhood(kind, a, b, radius, metric,
 
 @pytest.mark.parametrize(("length", "window"), [(10, 3), (5, 8), (6, 6)])
 def test_causal_index_table_is_oldest_first(length, window):
-    table = index_table(causal_window(length, window))
+    table = ka.index_table(ka.causal_window(length, window))
     width = min(length, window)
     assert table.shape == (length, width)
     for i in range(length):
@@ -161,9 +149,9 @@ def test_causal_index_table_is_oldest_first(length, window):
 
 def test_grid_index_table_slot_order():
     """Global keys first, then the window offsets in `offsets` order; (0, 0) is an offset."""
-    nb = grid_neighborhood(3, 4, 1, "chebyshev", 2)
+    nb = ka.grid_neighborhood(3, 4, 1, "chebyshev", 2)
     assert (0, 0) in nb.offsets and len(nb.offsets) == 9
-    table = index_table(nb)
+    table = ka.index_table(nb)
     for p in range(12):
         r, c = divmod(p, 4)
         row = table[2 + p]
@@ -174,22 +162,22 @@ def test_grid_index_table_slot_order():
 
 
 def test_neighbourhoods_are_hashable_static_values():
-    assert grid_neighborhood(2, 3) == grid_neighborhood(2, 3)
-    assert hash(causal_window(5, 2)) == hash(causal_window(5, 2))
-    assert causal(7) == causal_window(7, 7)
+    assert ka.grid_neighborhood(2, 3) == ka.grid_neighborhood(2, 3)
+    assert hash(ka.causal_window(5, 2)) == hash(ka.causal_window(5, 2))
+    assert ka.causal(7) == ka.causal_window(7, 7)
 
 
 @pytest.mark.parametrize(
     "nb",
     [
-        grid_neighborhood(8, 8, 1),
-        grid_neighborhood(32, 32, 1),
-        grid_neighborhood(64, 64, 2, "chebyshev", 0),
-        causal_window(100, 16),
-        causal_window(2048, 16),
-        causal_window(3072, 256),
-        causal(1000),
-        full(500),
+        ka.grid_neighborhood(8, 8, 1),
+        ka.grid_neighborhood(32, 32, 1),
+        ka.grid_neighborhood(64, 64, 2, "chebyshev", 0),
+        ka.causal_window(100, 16),
+        ka.causal_window(2048, 16),
+        ka.causal_window(3072, 256),
+        ka.causal(1000),
+        ka.full(500),
     ],
     ids=lambda nb: nb.describe(),
 )
@@ -198,12 +186,12 @@ def test_auto_resolution(nb):
     and an O(N w) one when N is much larger than the window."""
     allowed = (
         {"dense"}
-        | ({"stencil", "banded"} if isinstance(nb, GridNeighborhood) else set())
-        | ({"blocked"} if isinstance(nb, CausalWindow) else set())
+        | ({"stencil", "banded"} if isinstance(nb, ka.GridNeighborhood) else set())
+        | ({"blocked"} if isinstance(nb, ka.CausalWindow) else set())
     )
-    impl = resolve_impl("auto", nb)
+    impl = ka.resolve_impl("auto", nb)
     assert impl in allowed
-    if nb.length >= 32 * index_table(nb).shape[1] and nb.num_global_queries < nb.length:
+    if nb.length >= 32 * ka.index_table(nb).shape[1] and nb.num_global_queries < nb.length:
         assert impl in {"stencil", "blocked"}
     for impl in ("reference", "dense"):
-        assert resolve_impl(impl, nb) == impl
+        assert ka.resolve_impl(impl, nb) == impl

@@ -15,7 +15,6 @@ token); every label's model must have the same grid and depth.
 from __future__ import annotations
 
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -115,10 +114,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for label, w in weights.items()
         },
         "figures": figures,
-        "command": " ".join(["python -m krause.analysis.attention_maps", *(argv or sys.argv[1:])]),
     }
-    command.write_json(record, out / "attention_maps.json", indent=None)  # ~4 MB indented
-    return record
+    # Unindented: ~4 MB with indentation.
+    return command.write_record(record, out / "attention_maps.json", argv, indent=None)
 
 
 if __name__ == "__main__":

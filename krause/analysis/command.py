@@ -15,6 +15,7 @@ import dataclasses
 import functools
 import json
 import pathlib
+import sys
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -293,6 +294,22 @@ def series(
     return out
 
 
+def runs_and_series(
+    args: argparse.Namespace, **series_kwargs: Any
+) -> tuple[dict[str, list[Run]], dict[str, list[dict[str, Any]]]]:
+    """The runs named by `--runs` (checked comparable) and each run's `series` on the first
+    `--num_images` test images, `--batch_size` at a time: ({label: runs}, {label: series})."""
+    loaded = load_runs(parse_runs(args.runs))
+    check_comparable(loaded)
+    first = next(iter(loaded.values()))[0]
+    inputs = test_inputs(first.config, args.num_images)
+    per_run = {
+        label: [series(r, inputs, batch_size=args.batch_size, **series_kwargs) for r in runs]
+        for label, runs in loaded.items()
+    }
+    return loaded, per_run
+
+
 def summary(seeds: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> dict[str, Any]:
     """Per layer mean and std (ddof 1; 0 for one seed) over seeds of each key's series."""
     out = {}
@@ -311,6 +328,20 @@ def write_json(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=indent) + "\n")
     return path
+
+
+def write_record(
+    record: Mapping[str, Any],
+    path: pathlib.Path,
+    argv: Sequence[str] | None,
+    indent: int | None = 1,
+) -> dict[str, Any]:
+    """Writes an analysis' record to `path` (named after its module, e.g. sinks.json) with the
+    command that reproduces it, `python -m krause.analysis.<path stem> ARGS`; returns it."""
+    args = sys.argv[1:] if argv is None else argv
+    record = {**record, "command": " ".join([f"python -m krause.analysis.{path.stem}", *args])}
+    write_json(record, path, indent)
+    return record
 
 
 def describe_runs(loaded: Mapping[str, Sequence[Run]]) -> dict[str, Any]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import pathlib
 import re
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -103,10 +102,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "models": models,
         "skipped": skipped,
         "figures": figures,
-        "command": " ".join(["python -m krause.analysis.sigma", *(argv or sys.argv[1:])]),
     }
-    command.write_json(record, out / "sigma.json")
-    return record
+    return command.write_record(record, out / "sigma.json", argv)
 
 
 if __name__ == "__main__":

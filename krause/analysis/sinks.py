@@ -20,7 +20,6 @@ is mass on key 0 well above this.
 from __future__ import annotations
 
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -31,14 +30,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     p = command.parser(__doc__.split("\n")[0], num_images=32)
     p.add_argument("--batch_size", type=int, default=8, help="images per forward pass")
     args = p.parse_args(argv)
-    loaded = command.load_runs(command.parse_runs(args.runs))
-    command.check_comparable(loaded)
-    first = next(iter(loaded.values()))[0]
-    inputs = command.test_inputs(first.config, args.num_images)
-    series = {
-        label: [command.series(r, inputs, batch_size=args.batch_size) for r in runs]
-        for label, runs in loaded.items()
-    }
+    loaded, series = command.runs_and_series(args)
     out = pathlib.Path(args.out)
     figure = plots.sink_mass(series, out / "sinks.png")
     record = {
@@ -65,10 +57,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for label, s in series.items()
         },
         "figures": [str(figure)],
-        "command": " ".join(["python -m krause.analysis.sinks", *(argv or sys.argv[1:])]),
     }
-    command.write_json(record, out / "sinks.json")
-    return record
+    return command.write_record(record, out / "sinks.json", argv)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ seed's series and the per-layer mean and std, ddof 1). Works for ViTs and pixel 
 from __future__ import annotations
 
 import pathlib
-import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,23 +34,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = p.parse_args(argv)
     if not 0 <= args.threshold <= 2:
         raise ValueError(f"--threshold is a cosine distance in [0, 2], got {args.threshold}.")
-    loaded = command.load_runs(command.parse_runs(args.runs))
-    command.check_comparable(loaded)
-    first = next(iter(loaded.values()))[0]
-    inputs = command.test_inputs(first.config, args.num_images)
-    series = {
-        label: [
-            command.series(
-                r,
-                inputs,
-                batch_size=args.batch_size,
-                threshold=args.threshold,
-                exclude_first_token=args.exclude_first_token,
-            )
-            for r in runs
-        ]
-        for label, runs in loaded.items()
-    }
+    loaded, series = command.runs_and_series(
+        args, threshold=args.threshold, exclude_first_token=args.exclude_first_token
+    )
     out = pathlib.Path(args.out)
     figure = plots.synchronisation(series, out / "synchronisation.png")
     record = {
@@ -71,10 +56,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             for label, s in series.items()
         },
         "figures": [str(figure)],
-        "command": " ".join(["python -m krause.analysis.synchronisation", *(argv or sys.argv[1:])]),
     }
-    command.write_json(record, out / "synchronisation.json")
-    return record
+    return command.write_record(record, out / "synchronisation.json", argv)
 
 
 if __name__ == "__main__":
