@@ -394,200 +394,201 @@ def _pixel_reduced(depth: int) -> tuple[tuple[str, Any], ...]:
     )
 
 
-TABLES: dict[str, Table] = {
-    t.name: t
-    for t in (
-        Table(
-            "cifar10",
-            "CIFAR-10: ViT vs KViT (T, S, B; B with RoPE)",
-            "cifar10",
-            "CIFAR-10 (cifar-10-python.tar.gz; not available here)",
-            _cifar_rows("cifar10"),
-            Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
-            "~190 days here, ~6.5 h on an accelerator",
-            "~15 min per run here, ~2 h per seed",
+def _by_name(*items: Any) -> dict[str, Any]:
+    return {item.name: item for item in items}
+
+
+TABLES: dict[str, Table] = _by_name(
+    Table(
+        "cifar10",
+        "CIFAR-10: ViT vs KViT (T, S, B; B with RoPE)",
+        "cifar10",
+        "CIFAR-10 (cifar-10-python.tar.gz; not available here)",
+        _cifar_rows("cifar10"),
+        Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
+        "~190 days here, ~6.5 h on an accelerator",
+        "~15 min per run here, ~2 h per seed",
+    ),
+    Table(
+        "cifar100",
+        "CIFAR-100: ViT vs KViT (T, S, B; B with RoPE)",
+        "cifar100",
+        "CIFAR-100 (cifar-100-python.tar.gz; not available here)",
+        _cifar_rows("cifar100"),
+        Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
+        "~190 days here, ~6.5 h on an accelerator",
+        "~15 min per run here, ~2 h per seed",
+        notes=(
+            "The authors' page swaps the ViT-S / KViT-S pair (page: KViT-S "
+            f"{paper.CIFAR100_PAGE_SWAP[('cifar100', 'kvit_s4')]}, ViT-S "
+            f"{paper.CIFAR100_PAGE_SWAP[('cifar100', 'vit_s4')]}); the consistent reading"
+            " is shown.",
         ),
-        Table(
-            "cifar100",
-            "CIFAR-100: ViT vs KViT (T, S, B; B with RoPE)",
-            "cifar100",
-            "CIFAR-100 (cifar-100-python.tar.gz; not available here)",
-            _cifar_rows("cifar100"),
-            Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
-            "~190 days here, ~6.5 h on an accelerator",
-            "~15 min per run here, ~2 h per seed",
-            notes=(
-                "The authors' page swaps the ViT-S / KViT-S pair (page: KViT-S "
-                f"{paper.CIFAR100_PAGE_SWAP[('cifar100', 'kvit_s4')]}, ViT-S "
-                f"{paper.CIFAR100_PAGE_SWAP[('cifar100', 'vit_s4')]}); the consistent reading"
-                " is shown.",
+    ),
+    Table(
+        "imagenet",
+        "ImageNet-1K: ViT vs KViT (S/16, S/32, B/16, B/16 RoPE, B/32)",
+        "imagenet2012",
+        "ImageNet-1K (ILSVRC2012 train and val tars, ~150 GB; not available here)",
+        _rows(
+            "configs/imagenet_vit.py",
+            [
+                (m, f"model={m}")
+                for m in ("vit_s16", "kvit_s16", "vit_s32", "kvit_s32", "vit_b16", "kvit_b16")
+            ]
+            + [(f"{m}+rope", f"model={m},rope") for m in ("vit_b16", "kvit_b16")]
+            + [(m, f"model={m}") for m in ("vit_b32", "kvit_b32")],
+        ),
+        Reduced(
+            overrides=(
+                ("model.depth", 6),
+                ("total_epochs", 10.0),
+                ("warmup_epochs", 1.0),
+                ("eval_every_epochs", 5.0),
+                ("checkpoint_every_steps", 1000),
+            ),
+            note="Depth 6 instead of 12, 10 epochs with 1 warm-up epoch; the rest unchanged.",
+        ),
+        "decades here, ~24 days on one accelerator (~3 days on 8)",
+        "~5 months here, ~10 h on one accelerator",
+        notes=(
+            "A first version of the paper reported ViT-S-16 "
+            f"{paper.FIRST_VERSION[('imagenet2012', 'vit_s16')]} and KViT-S-16 "
+            f"{paper.FIRST_VERSION[('imagenet2012', 'kvit_s16')]}.",
+        ),
+    ),
+    Table(
+        "fashion_mnist",
+        "Fashion-MNIST: ViT-T vs KViT-T, paper and controlled settings, ablations",
+        "fashion_mnist",
+        "Fashion-MNIST (prepared here: python -m krause.data.prepare --dataset fashion_mnist)",
+        _rows(
+            "configs/fashion_mnist_vit.py",
+            [
+                ("vit_t4", "model=vit_t4"),
+                ("kvit_t4", "model=kvit_t4"),
+                ("vit_t4+pre_ln", "model=vit_t4,layout=pre_ln"),
+                ("kvit_t4+pre_ln", "model=kvit_t4,layout=pre_ln"),
+                ("kvit_t4+no_top_k", "model=kvit_t4,top_k=none"),
+                ("kvit_t4+no_locality+no_top_k", "model=kvit_t4,top_k=none,locality=false"),
+                ("kvit_t4+no_locality", "model=kvit_t4,locality=false"),
+            ],
+        ),
+        Reduced(
+            overrides=(
+                ("model.width", 64),
+                ("model.depth", 4),
+                ("model.heads", 4),
+                ("model.mlp_dim", 128),
+                ("total_epochs", 3.0),
+                ("warmup_epochs", 0.25),
+                ("eval_every_epochs", 1.0),
+                ("checkpoint_every_epochs", 0.5),
+            ),
+            note=(
+                "ViT-T-like models at width 64, depth 4, 4 heads, MLP 128 (patch 4: 7x7"
+                " grid + CLS, as the paper's row), 3 epochs with a quarter-epoch warm-up;"
+                " the recipe otherwise the paper's CIFAR one (batch 256, lr 3e-4, crop,"
+                " flip, CutMix/MixUp, smoothing)."
             ),
         ),
-        Table(
-            "imagenet",
-            "ImageNet-1K: ViT vs KViT (S/16, S/32, B/16, B/16 RoPE, B/32)",
-            "imagenet2012",
-            "ImageNet-1K (ILSVRC2012 train and val tars, ~150 GB; not available here)",
-            _rows(
-                "configs/imagenet_vit.py",
-                [
-                    (m, f"model={m}")
-                    for m in ("vit_s16", "kvit_s16", "vit_s32", "kvit_s32", "vit_b16", "kvit_b16")
-                ]
-                + [(f"{m}+rope", f"model={m},rope") for m in ("vit_b16", "kvit_b16")]
-                + [(m, f"model={m}") for m in ("vit_b32", "kvit_b32")],
+        "~17 days here, ~35 min on an accelerator (2 paper rows: ~5 days, ~10 min)",
+        "~4 min per run here, ~30 min per seed (7 rows)",
+        notes=(
+            "Rows +pre_ln: both attentions in the same pre-LN block (controlled"
+            " comparison). Ablations without a paper number: the paper's ablation is on"
+            " CIFAR-10 (table cifar_ablation).",
+        ),
+    ),
+    Table(
+        "swin",
+        "CIFAR-10: Swin-T vs KSwin-T",
+        "cifar10",
+        "CIFAR-10 (not available here)",
+        _rows("configs/cifar_swin.py", [(m, f"model={m}") for m in ("swin_t", "kswin_t")]),
+        Reduced(
+            overrides=(
+                ("model.embed_dim", 48),
+                ("total_epochs", 10.0),
+                ("warmup_epochs", 1.0),
+                ("eval_every_epochs", 5.0),
+                ("checkpoint_every_epochs", 1.0),
             ),
-            Reduced(
-                overrides=(
-                    ("model.depth", 6),
-                    ("total_epochs", 10.0),
-                    ("warmup_epochs", 1.0),
-                    ("eval_every_epochs", 5.0),
-                    ("checkpoint_every_steps", 1000),
+            note="Swin-T with embed 48 instead of 96, 10 epochs with 1 warm-up epoch.",
+        ),
+        "~3 days here, ~10 min on an accelerator",
+        "~50 min per run here, ~2 h per seed",
+    ),
+    Table(
+        "cifar_ablation",
+        "CIFAR-10 ablation of KViT-S (Mixup/CutMix): top-k and locality",
+        "cifar10",
+        "CIFAR-10 (not available here)",
+        _rows(
+            "configs/cifar_vit.py",
+            [
+                ("vit_s4", "model=vit_s4,dataset=cifar10"),
+                ("kvit_s4", "model=kvit_s4,dataset=cifar10"),
+                ("kvit_s4+no_top_k", "model=kvit_s4,dataset=cifar10,top_k=none"),
+                (
+                    "kvit_s4+no_locality+no_top_k",
+                    "model=kvit_s4,dataset=cifar10,top_k=none,locality=false",
                 ),
-                note="Depth 6 instead of 12, 10 epochs with 1 warm-up epoch; the rest unchanged.",
-            ),
-            "decades here, ~24 days on one accelerator (~3 days on 8)",
-            "~5 months here, ~10 h on one accelerator",
-            notes=(
-                "A first version of the paper reported ViT-S-16 "
-                f"{paper.FIRST_VERSION[('imagenet2012', 'vit_s16')]} and KViT-S-16 "
-                f"{paper.FIRST_VERSION[('imagenet2012', 'kvit_s16')]}.",
-            ),
+            ],
         ),
-        Table(
-            "fashion_mnist",
-            "Fashion-MNIST: ViT-T vs KViT-T, paper and controlled settings, ablations",
-            "fashion_mnist",
-            "Fashion-MNIST (prepared here: python -m krause.data.prepare --dataset fashion_mnist)",
-            _rows(
-                "configs/fashion_mnist_vit.py",
-                [
-                    ("vit_t4", "model=vit_t4"),
-                    ("kvit_t4", "model=kvit_t4"),
-                    ("vit_t4+pre_ln", "model=vit_t4,layout=pre_ln"),
-                    ("kvit_t4+pre_ln", "model=kvit_t4,layout=pre_ln"),
-                    ("kvit_t4+no_top_k", "model=kvit_t4,top_k=none"),
-                    ("kvit_t4+no_locality+no_top_k", "model=kvit_t4,top_k=none,locality=false"),
-                    ("kvit_t4+no_locality", "model=kvit_t4,locality=false"),
-                ],
-            ),
-            Reduced(
-                overrides=(
-                    ("model.width", 64),
-                    ("model.depth", 4),
-                    ("model.heads", 4),
-                    ("model.mlp_dim", 128),
-                    ("total_epochs", 3.0),
-                    ("warmup_epochs", 0.25),
-                    ("eval_every_epochs", 1.0),
-                    ("checkpoint_every_epochs", 0.5),
+        Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
+        "~42 days here, ~1.4 h on an accelerator",
+        "~15 min per run here, ~1 h per seed",
+    ),
+    Table(
+        "pixel_mnist",
+        "Autoregressive pixels, MNIST: ARM vs LARM vs KARM (bits per dimension)",
+        "mnist",
+        "MNIST (idx files; not available here; reduced scale uses Fashion-MNIST)",
+        _rows(
+            "configs/pixel_ar.py",
+            [
+                ("arm", "dataset=mnist,attention=softmax"),
+                ("larm", "dataset=mnist,attention=linear"),
+                ("karm", "dataset=mnist,attention=krause"),
+                (
+                    "karm+no_top_k+no_window",
+                    "dataset=mnist,attention=krause,window=none,top_k=none",
                 ),
-                note=(
-                    "ViT-T-like models at width 64, depth 4, 4 heads, MLP 128 (patch 4: 7x7"
-                    " grid + CLS, as the paper's row), 3 epochs with a quarter-epoch warm-up;"
-                    " the recipe otherwise the paper's CIFAR one (batch 256, lr 3e-4, crop,"
-                    " flip, CutMix/MixUp, smoothing)."
-                ),
-            ),
-            "~17 days here, ~35 min on an accelerator (2 paper rows: ~5 days, ~10 min)",
-            "~4 min per run here, ~30 min per seed (7 rows)",
-            notes=(
-                "Rows +pre_ln: both attentions in the same pre-LN block (controlled"
-                " comparison). Ablations without a paper number: the paper's ablation is on"
-                " CIFAR-10 (table cifar_ablation).",
+            ],
+        ),
+        Reduced(
+            args="dataset=fashion_mnist",
+            overrides=_pixel_reduced(depth=2),
+            note=(
+                "Fashion-MNIST instead of MNIST (not available here; same 784-token"
+                " geometry), width 64, depth 2, 2 heads (window and top-k as in the"
+                " paper), half an epoch with 5% warm-up. The paper's numbers are MNIST's."
             ),
         ),
-        Table(
-            "swin",
-            "CIFAR-10: Swin-T vs KSwin-T",
-            "cifar10",
-            "CIFAR-10 (not available here)",
-            _rows("configs/cifar_swin.py", [(m, f"model={m}") for m in ("swin_t", "kswin_t")]),
-            Reduced(
-                overrides=(
-                    ("model.embed_dim", 48),
-                    ("total_epochs", 10.0),
-                    ("warmup_epochs", 1.0),
-                    ("eval_every_epochs", 5.0),
-                    ("checkpoint_every_epochs", 1.0),
-                ),
-                note="Swin-T with embed 48 instead of 96, 10 epochs with 1 warm-up epoch.",
-            ),
-            "~3 days here, ~10 min on an accelerator",
-            "~50 min per run here, ~2 h per seed",
+        "~33 days here, ~1.1 h on an accelerator",
+        "~15 min per run here, ~1 h per seed",
+    ),
+    Table(
+        "pixel_cifar10",
+        "Autoregressive pixels, CIFAR-10: ARM vs LARM vs KARM (bits per dimension)",
+        "cifar10",
+        "CIFAR-10 (not available here)",
+        _rows(
+            "configs/pixel_ar.py",
+            [(r, f"dataset=cifar10,attention={a}") for a, r in paper.PIXEL_ROWS.items()],
         ),
-        Table(
-            "cifar_ablation",
-            "CIFAR-10 ablation of KViT-S (Mixup/CutMix): top-k and locality",
-            "cifar10",
-            "CIFAR-10 (not available here)",
-            _rows(
-                "configs/cifar_vit.py",
-                [
-                    ("vit_s4", "model=vit_s4,dataset=cifar10"),
-                    ("kvit_s4", "model=kvit_s4,dataset=cifar10"),
-                    ("kvit_s4+no_top_k", "model=kvit_s4,dataset=cifar10,top_k=none"),
-                    (
-                        "kvit_s4+no_locality+no_top_k",
-                        "model=kvit_s4,dataset=cifar10,top_k=none,locality=false",
-                    ),
-                ],
+        Reduced(
+            overrides=_pixel_reduced(depth=2),
+            note=(
+                "Width 64, depth 2, 2 heads (window and top-k as in the paper), half an"
+                " epoch with 5% warm-up."
             ),
-            Reduced(overrides=_VIT_REDUCED, note=_VIT_REDUCED_NOTE),
-            "~42 days here, ~1.4 h on an accelerator",
-            "~15 min per run here, ~1 h per seed",
         ),
-        Table(
-            "pixel_mnist",
-            "Autoregressive pixels, MNIST: ARM vs LARM vs KARM (bits per dimension)",
-            "mnist",
-            "MNIST (idx files; not available here; reduced scale uses Fashion-MNIST)",
-            _rows(
-                "configs/pixel_ar.py",
-                [
-                    ("arm", "dataset=mnist,attention=softmax"),
-                    ("larm", "dataset=mnist,attention=linear"),
-                    ("karm", "dataset=mnist,attention=krause"),
-                    (
-                        "karm+no_top_k+no_window",
-                        "dataset=mnist,attention=krause,window=none,top_k=none",
-                    ),
-                ],
-            ),
-            Reduced(
-                args="dataset=fashion_mnist",
-                overrides=_pixel_reduced(depth=2),
-                note=(
-                    "Fashion-MNIST instead of MNIST (not available here; same 784-token"
-                    " geometry), width 64, depth 2, 2 heads (window and top-k as in the"
-                    " paper), half an epoch with 5% warm-up. The paper's numbers are MNIST's."
-                ),
-            ),
-            "~33 days here, ~1.1 h on an accelerator",
-            "~15 min per run here, ~1 h per seed",
-        ),
-        Table(
-            "pixel_cifar10",
-            "Autoregressive pixels, CIFAR-10: ARM vs LARM vs KARM (bits per dimension)",
-            "cifar10",
-            "CIFAR-10 (not available here)",
-            _rows(
-                "configs/pixel_ar.py",
-                [(r, f"dataset=cifar10,attention={a}") for a, r in paper.PIXEL_ROWS.items()],
-            ),
-            Reduced(
-                overrides=_pixel_reduced(depth=2),
-                note=(
-                    "Width 64, depth 2, 2 heads (window and top-k as in the paper), half an"
-                    " epoch with 5% warm-up."
-                ),
-            ),
-            "~1.4 years here, ~17 h on an accelerator",
-            "~2 h per run here, ~6 h per seed",
-        ),
-    )
-}
+        "~1.4 years here, ~17 h on an accelerator",
+        "~2 h per run here, ~6 h per seed",
+    ),
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -607,36 +608,33 @@ class Analysis:
             return False
 
 
-ANALYSES: dict[str, Analysis] = {
-    a.name: a
-    for a in (
-        Analysis(
-            "attention_maps",
-            "per-head attention maps on the patch grid, Krause vs softmax",
-            "trained ViT and KViT runs (e.g. table fashion_mnist)",
-        ),
-        Analysis(
-            "synchronisation",
-            "token clusters, mean pairwise cosine similarity and effective rank per layer",
-            "trained ViT and KViT runs of the same size and budget, several seeds",
-        ),
-        Analysis(
-            "sinks",
-            "mean attention mass on the first token (CLS / first pixel) per layer",
-            "trained ViT/KViT and pixel-model runs",
-        ),
-        Analysis(
-            "sigma",
-            "the learned sigma of every Krause layer over training",
-            "trained Krause runs (their metrics logs)",
-        ),
-        Analysis(
-            "particles",
-            "200 particles on the circle and sphere under softmax vs Krause dynamics",
-            "nothing (simulation, no training)",
-        ),
-    )
-}
+ANALYSES: dict[str, Analysis] = _by_name(
+    Analysis(
+        "attention_maps",
+        "per-head attention maps on the patch grid, Krause vs softmax",
+        "trained ViT and KViT runs (e.g. table fashion_mnist)",
+    ),
+    Analysis(
+        "synchronisation",
+        "token clusters, mean pairwise cosine similarity and effective rank per layer",
+        "trained ViT and KViT runs of the same size and budget, several seeds",
+    ),
+    Analysis(
+        "sinks",
+        "mean attention mass on the first token (CLS / first pixel) per layer",
+        "trained ViT/KViT and pixel-model runs",
+    ),
+    Analysis(
+        "sigma",
+        "the learned sigma of every Krause layer over training",
+        "trained Krause runs (their metrics logs)",
+    ),
+    Analysis(
+        "particles",
+        "200 particles on the circle and sphere under softmax vs Krause dynamics",
+        "nothing (simulation, no training)",
+    ),
+)
 
 
 def known_names() -> str:

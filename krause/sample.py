@@ -113,15 +113,9 @@ def main(argv: list[str]) -> None:
     quiet_library_logs()
     f = flags.FLAGS
     result = sample_run(
-        f.workdir,
-        f.out,
-        num=f.num,
-        complete=f.complete,
-        samples_per_image=f.samples_per_image,
-        temperature=f.temperature,
-        step=f.step,
-        seed=f.seed,
-    )
+        f.workdir, f.out, num=f.num, complete=f.complete, samples_per_image=f.samples_per_image,
+        temperature=f.temperature, step=f.step, seed=f.seed,
+    )  # fmt: skip
     for name, rate in result["images_per_sec"].items():
         print(f"{name}: {rate:.1f} images/s")
     print("Wrote", ", ".join(str(p) for p in result["paths"]))

@@ -78,6 +78,17 @@ def interleaved_times(runs: dict, repeats: int) -> dict[str, dict]:
     }
 
 
+def timing_columns(timing: dict, prefix: str, images: int) -> dict:
+    """A row's columns from one `interleaved_times` entry: median wall and CPU seconds per call
+    ({prefix}_s, {prefix}_cpu_s), every call's wall seconds ({prefix}_s_all), images/s."""
+    return {
+        f"{prefix}_s": timing["wall_s"],
+        f"{prefix}_cpu_s": timing["cpu_s"],
+        f"{prefix}_s_all": timing["wall_s_all"],
+        "images_per_s": images / timing["wall_s"],
+    }
+
+
 def paired_ratios(times: list[float], baseline_times: list[float]) -> list[float]:
     """Per-round time ratios of two candidates timed in the same `interleaved_times` rounds.
 
@@ -157,12 +168,7 @@ def bench_train(args) -> list[dict]:
                 runs[key], size_rows[key] = prepare_train_step(name, batch, layout_overrides)
         for key, timing in interleaved_times(runs, args.repeats).items():
             row = size_rows[key]
-            row.update(
-                step_s=timing["wall_s"],
-                step_cpu_s=timing["cpu_s"],
-                step_s_all=timing["wall_s_all"],
-                images_per_s=batch / timing["wall_s"],
-            )
+            row.update(timing_columns(timing, "step", batch))
             print(_train_line(row), flush=True)
             rows.append(row)
         del runs  # free the size's buffers before the next
@@ -229,10 +235,7 @@ def bench_sampling(args) -> list[dict]:
         for attention, timing in timings.items():
             row = case_rows[attention]
             row.update(
-                sample_s=timing["wall_s"],
-                sample_cpu_s=timing["cpu_s"],
-                sample_s_all=timing["wall_s_all"],
-                images_per_s=num_images / timing["wall_s"],
+                timing_columns(timing, "sample", num_images),
                 ms_per_step=timing["wall_s"] / row["length"] * 1e3,
                 cpu_ms_per_step=timing["cpu_s"] / row["length"] * 1e3,
                 speedup_vs_arm=arm["wall_s"] / timing["wall_s"],

@@ -314,6 +314,7 @@ class ViT(nn.Module):
             self.sow("intermediates", "embedding", x)
 
         nb = self.neighborhood()
+        dtypes = {"dtype": self.dtype, "param_dtype": self.param_dtype}
         drop_path = np.linspace(0.0, self.resolved_drop_path_rate(), self.depth)
         for i, top_k in enumerate(self.top_k_per_layer()):
             attention = MultiHeadAttention(
@@ -329,15 +330,13 @@ class ViT(nn.Module):
                 bias_init=init.qkv_bias,
                 out_kernel_init=init.out_kernel,
                 out_bias_init=init.out_bias,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
+                **dtypes,
                 parent=None,  # adopted by the block as its `attention`
             )
             mlp = Mlp(
                 self.mlp_dim,
                 dropout_rate=self.dropout_rate,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
+                **dtypes,
                 kernel_init=init.mlp_kernel,
                 bias_init=init.mlp_bias,
                 fc2_bias_init=init.mlp_fc2_bias,
@@ -351,22 +350,19 @@ class ViT(nn.Module):
                 drop_path_rate=float(drop_path[i]),
                 dropout_rate=self.dropout_rate,
                 capture=self.capture,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
+                **dtypes,
                 name=f"block_{i:02d}",
             )(x, train=train)
         x = nn.LayerNorm(
             epsilon=self.resolved_layer_norm_eps(),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            **dtypes,
             name="final_norm",
         )(x)
         logits = nn.Dense(
             self.num_classes,
             kernel_init=init.head_kernel,
             bias_init=init.head_bias,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
+            **dtypes,
             name="head",
         )(x[:, 0])
         return logits.astype(jnp.float32)
