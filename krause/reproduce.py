@@ -302,9 +302,19 @@ class Row:
     overrides: tuple[tuple[str, Any], ...] = ()
 
 
+def _with_args(spec: str, args: str) -> str:
+    """`path:k=v,flag` with `args` ("k=v,flag") set: a key already there takes the new value."""
+    if not args:
+        return spec
+    path, _, current = spec.partition(":")
+    merged = {part.split("=")[0]: part for part in current.split(",") if part}
+    merged.update({part.split("=")[0]: part for part in args.split(",")})
+    return f"{path}:{','.join(merged.values())}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Reduced:
-    """The reduced scale of a table: `args` appended to every row's config argument,
+    """The reduced scale of a table: `args` set in every row's config argument,
     `overrides` set on every run, `note` what this means in words."""
 
     args: str = ""
@@ -338,8 +348,7 @@ class Table:
         for row in self.rows:
             spec, overrides = row.config, row.overrides
             if scale == "reduced":
-                if self.reduced.args:
-                    spec += ("," if ":" in spec else ":") + self.reduced.args
+                spec = _with_args(spec, self.reduced.args)
                 overrides = (*overrides, *self.reduced.overrides)
             base_seed = _config_seed(spec)
             for i in range(seeds):

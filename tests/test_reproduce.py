@@ -298,3 +298,23 @@ def test_row_labels():
         f"{kvit} (no_locality, no_top_k)"
     )
     assert reproduce.row_label("fashion_mnist", "mystery") == "mystery"
+
+
+def test_reduced_args_replace_the_rows_keys():
+    """The reduced pixel table trains on Fashion-MNIST: its spec names the dataset once, and the
+    config it builds (krause.train.config, independent of the merge) reads Fashion-MNIST."""
+    from krause.train.config import load_config
+
+    runs = reproduce.TABLES["pixel_mnist"].runs("reduced", 1, pathlib.Path("w"))
+    for run in runs:
+        args = run.config.partition(":")[2].split(",")
+        assert [a for a in args if a.startswith("dataset=")] == ["dataset=fashion_mnist"], args
+    karm = next(r for r in runs if r.name == "karm+no_top_k+no_window")
+    config = load_config(karm.config)
+    assert config.input.dataset == "fashion_mnist"
+    assert config.model.attention == "krause" and config.model.top_k is None
+    assert (
+        reproduce.TABLES["pixel_mnist"]
+        .runs("paper", 1, pathlib.Path("w"))[0]
+        .config.endswith(":dataset=mnist,attention=softmax")
+    )
