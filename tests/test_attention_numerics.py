@@ -53,12 +53,18 @@ def _inputs(rng, n, dtype, scale=1.0, offset=0.0):
     return qk(), qk(), v, sigma, cot
 
 
+def _numpy_scores(q, k, sigma, mask):
+    """float64 masked scores -||q_i - k_j||^2 / (2 sigma^2), [B, H, N, N] (-inf outside mask)."""
+    q, k = (np.asarray(x, np.float64) for x in (q, k))
+    scores = -np.sum((q[:, :, None] - k[:, None]) ** 2, -1) / (2.0 * np.asarray(sigma, float) ** 2)
+    return np.where(mask, np.moveaxis(scores, -1, 1), -np.inf)
+
+
 def _numpy_oracle(q, k, v, sigma, mask, top_k):
     """float64 Krause attention (see test_attention_krause.py for the commented version)."""
-    q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
-    n = q.shape[1]
-    scores = -np.sum((q[:, :, None] - k[:, None]) ** 2, -1) / (2.0 * np.asarray(sigma, float) ** 2)
-    scores = np.where(mask, np.moveaxis(scores, -1, 1), -np.inf)  # [B, H, N, N]
+    v = np.asarray(v, np.float64)
+    scores = _numpy_scores(q, k, sigma, mask)
+    n = scores.shape[-1]
     kth = np.partition(scores, n - top_k, axis=-1)[..., n - top_k : n - top_k + 1]
     keep = mask & (scores >= kth)
     e = np.where(keep, np.exp(scores - scores.max(-1, keepdims=True)), 0.0)
@@ -67,8 +73,12 @@ def _numpy_oracle(q, k, v, sigma, mask, top_k):
 
 @pytest.mark.parametrize(("nb", "impl"), IMPL_CASES)
 def test_large_norm_queries_and_keys(nb, impl, rng, fast_jit):
-    """Entries ~1e3: scores ~-1e6. Outputs and gradients stay finite, and since the nearest key
-    wins by a huge margin, the output equals the float64 oracle's (essentially one-hot) result."""
+    """Entries ~1e3: scores ~-1e6. Outputs and gradients stay finite. Where the nearest key wins
+    by a clear margin, the output equals the float64 oracle's (essentially one-hot) result.
+
+    float32 holds a score of size |s| only to ~|s| * 2^-23 (0.06-0.5 here), so where the two best
+    keys are nearly tied no float32 implementation can reproduce the oracle's weights (a few
+    percent apart); there the output must still be a convex combination of the kept values."""
     q, k, v, sigma, cot = _inputs(rng, nb.length, np.float32, scale=1e3)
     out, grads = _compiled(fast_jit, nb, impl)(q, k, v, sigma, cot)
     assert out.dtype == jnp.float32
@@ -76,8 +86,18 @@ def test_large_norm_queries_and_keys(nb, impl, rng, fast_jit):
     for name, g in zip("qkv", grads[:3], strict=False):
         assert np.all(np.isfinite(g)), name
     assert np.all(np.isfinite(grads[3])), "sigma"
-    expected = _numpy_oracle(q, k, v, sigma, dense_mask(nb), TOP_K)
-    np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
+    mask = dense_mask(nb)
+    expected = _numpy_oracle(q, k, v, sigma, mask, TOP_K)
+    scores = _numpy_scores(q, k, sigma, mask)  # [B, H, N, N]
+    best, second = np.moveaxis(-np.sort(-scores, axis=-1)[..., :2], -1, 0)
+    rounding = 4 * np.finfo(np.float32).eps * np.abs(best)  # float32 error of one score
+    clear = (best - second - 2 * rounding > 16)[..., None].swapaxes(1, 2)  # [B, N, H, 1]
+    assert clear.mean() > 0.5, "random draws at this scale should mostly have a clear winner"
+    np.testing.assert_allclose(np.where(clear, out, 0), np.where(clear, expected, 0), atol=1e-4)
+    kept = np.isfinite(scores) & (scores >= np.sort(scores, -1)[..., -TOP_K:][..., :1])
+    v_kept = np.where(kept[..., None], np.moveaxis(v, 2, 1)[:, :, None], np.nan)  # [B,H,N,N,E]
+    low, high = (np.moveaxis(f(v_kept, axis=3), 1, 2) for f in (np.nanmin, np.nanmax))
+    assert np.all((out >= low - 1e-5) & (out <= high + 1e-5))
 
 
 @pytest.mark.parametrize(("nb", "impl"), IMPL_CASES)
