@@ -17,7 +17,9 @@ recipe's 3407). Each run has its own workdir, `ROOT/TABLE/ROW/seed_S` (default R
 * before anything runs, every existing run's saved config.json is compared with the config it
   would get now; a difference is an error naming the run and the differing fields (nothing is
   overwritten);
-* one progress line per run: which of how many, and the ETA from this invocation's run times.
+* one progress line per run: which of how many, and the ETA from this invocation's run times;
+* runs go seed by seed (the first seed of every row, then the second, ...), so an interrupted
+  table has numbers for every row; `--order row` finishes each row's seeds first.
 
 `--scale paper` uses the configs as they are (the paper's models and recipes). `--scale reduced`
 applies the table's documented reduction (`Table.reduced`: smaller models, fewer epochs, and where
@@ -59,6 +61,7 @@ import numpy as np
 from krause import paper
 
 SCALES = ("paper", "reduced")
+ORDERS = ("row", "seed")  # run order of a table: all seeds of a row first, or seed by seed
 RESULTS_DIR = pathlib.Path("results")
 README = pathlib.Path("README.md")
 
@@ -338,12 +341,15 @@ class Table:
     def metric(self) -> str:
         return paper.BPD if self.name.startswith("pixel") else paper.ACC
 
-    def runs(self, scale: str, seeds: int, root: pathlib.Path) -> list[RunSpec]:
-        """Every run of the table at `scale`: rows x seeds, in row-major order."""
+    def runs(self, scale: str, seeds: int, root: pathlib.Path, order: str = "row") -> list[RunSpec]:
+        """Every run of the table at `scale`, rows x seeds: order "row" runs all seeds of a row
+        before the next row, "seed" the first seed of every row before the second seed."""
         if scale not in SCALES:
             raise ValueError(f"scale must be one of {SCALES}, got {scale!r}.")
         if seeds < 1:
             raise ValueError(f"--seeds must be >= 1, got {seeds}.")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}.")
         runs = []
         for row in self.rows:
             spec, overrides = row.config, row.overrides
@@ -355,6 +361,8 @@ class Table:
                 seed = base_seed + i
                 workdir = root / self.name / row.name / f"seed_{seed}"
                 runs.append(RunSpec(spec, tuple(overrides), seed, workdir, row.name))
+        if order == "seed":
+            runs = [runs[r * seeds + i] for i in range(seeds) for r in range(len(self.rows))]
         return runs
 
 
@@ -862,6 +870,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3, help="seeds per row (default 3)")
     parser.add_argument("--workdir_root", help="default workdirs/reproduce/SCALE")
     parser.add_argument("--rows", help="run only these rows (comma separated); all are collected")
+    parser.add_argument(
+        "--order",
+        default="seed",
+        choices=ORDERS,
+        help="seed (default): the first seed of every row, then the second, ...; row: all seeds"
+        " of a row, then the next row",
+    )
     parser.add_argument("--results_dir", default=str(RESULTS_DIR))
     parser.add_argument("--list", action="store_true", help="every table and analysis")
     parser.add_argument("--collect-only", action="store_true", help="only collect finished runs")
@@ -904,7 +919,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     table = TABLES[args.name]
     root = pathlib.Path(args.workdir_root or f"workdirs/reproduce/{args.scale}")
-    runs = table.runs(args.scale, args.seeds, root)
+    runs = table.runs(args.scale, args.seeds, root, order=args.order)
     if args.rows:
         wanted = args.rows.split(",")
         unknown = [r for r in wanted if r not in {row.name for row in table.rows}]

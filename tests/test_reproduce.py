@@ -80,6 +80,22 @@ def test_aggregation_against_numpy_and_paper(tiny, tmp_path):
     assert f"{first['mean']:.2f} ± {first['std']:.2f} | 3 | {first['paper']:.2f}" in md
 
 
+@pytest.mark.parametrize(
+    ("order", "expected"),
+    [
+        (
+            "seed",
+            ["vit_t4/seed_3407", "kvit_t4/seed_3407", "vit_t4/seed_3408", "kvit_t4/seed_3408"],
+        ),
+        ("row", ["vit_t4/seed_3407", "vit_t4/seed_3408", "kvit_t4/seed_3407", "kvit_t4/seed_3408"]),
+    ],
+)
+def test_run_order(tiny, order, expected):
+    _, fake, argv = tiny
+    assert reproduce.main([*argv, "--seeds", "2", "--order", order]) == 0
+    assert [f"{w.parent.name}/{w.name}" for w in fake.calls] == expected
+
+
 def test_finished_runs_are_skipped_and_tables_run_in_pieces(tiny, tmp_path, capsys):
     _, fake, argv = tiny
     assert reproduce.main([*argv, "--seeds", "1"]) == 0
