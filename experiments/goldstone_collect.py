@@ -37,6 +37,11 @@ def load_architecture(root: pathlib.Path, group: str, model: str) -> dict | None
     epochs = min(len(h["test_accuracy"]) for _, h in runs)
     accuracy = np.concatenate([np.asarray(h["test_accuracy"][:epochs]) for _, h in runs], -1)
     seeds = [s for c, _ in runs for s in c["seeds"]]
+    if len(set(seeds)) < len(seeds):
+        raise ValueError(
+            f"{root}/{group}_{model}_seeds*: runs overlap in their seeds {seeds}; keep each seed "
+            f"in one workdir (move the others out of {root})."
+        )
     config = runs[0][0]
     stds = np.asarray(config["stds"])
     factor = np.sqrt(config["width"] / (1 if group == "u1" else int(group[1:])))

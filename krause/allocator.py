@@ -41,7 +41,7 @@ def reexec_with_tcmalloc() -> str:
     """Re-execute this Python process with tcmalloc in LD_PRELOAD (once); return the allocator.
 
     Does nothing if tcmalloc is already preloaded, not installed, or `KRAUSE_NO_TCMALLOC=1`.
-    Call it first thing in a script's `main()`, before any work.
+    Call it first thing in a script's or `python -m` module's `main()`, before any work.
     """
     if allocator() == "tcmalloc" or os.environ.get(DISABLE_ENV):
         return allocator()
@@ -52,6 +52,10 @@ def reexec_with_tcmalloc() -> str:
     # tcmalloc reports every allocation above 1 GiB on stderr by default.
     env = {"TCMALLOC_LARGE_ALLOC_REPORT_THRESHOLD": str(1 << 40), **os.environ}
     env["LD_PRELOAD"] = preload
+    # A module run with `python -m` is re-run the same way: running its file instead would put
+    # the file's folder first on sys.path, where its sibling modules shadow top-level names.
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    argv = ["-m", spec.name, *sys.argv[1:]] if spec is not None else sys.argv
     sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    os.execve(sys.executable, [sys.executable, *argv], env)
     return "tcmalloc"  # not reached

@@ -22,6 +22,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from krause.allocator import reexec_with_tcmalloc
 from krause.metrics import quiet_library_logs
 from krause.train.config import load_config, unknown_field_message
 
@@ -74,6 +75,7 @@ def _flag_value(argv: list[str], name: str) -> str | None:
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    reexec_with_tcmalloc()  # before any work: see krause/allocator.py
     quiet_library_logs()
     from krause.train import train_and_evaluate  # after flag parsing: imports jax
 

@@ -11,6 +11,10 @@
     the last W keys/values for KARM, running sums for LARM), warmed up (compile excluded), median
     of repeats. MNIST size uses the full 12-layer model; CIFAR-10 size the full 3072-token,
     width-512 model at a reduced depth (stated in the output).
+(c) Goldstone experiment 1: one training step (forward, backward, Adam) of the vmapped program
+    of 8 stds x 5 seeds of one architecture (784 -> 64 -> 100 interior layers -> 10, batch 256),
+    for U(1) / O(4) x equivariant / generic, with and without rematerialising the interior
+    layers (`InteriorStack(remat=...)`), timed alternately.
 
 Candidates of one comparison are compiled and warmed up first, then timed alternately (round
 robin), so that a change in the machine's load hits them alike. Wall-clock times depend on
@@ -21,6 +25,7 @@ Usage:
   python scripts/bench_models.py            # everything (~20 min on 2 idle cores)
   python scripts/bench_models.py --quick    # smoke run (~2 min): depth 2, tiny batches
   python scripts/bench_models.py --only sample --json results/bench_models_sample.json
+  python scripts/bench_models.py --only goldstone --json results/bench_models_goldstone.json
 """
 
 from __future__ import annotations
@@ -38,7 +43,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from krause import goldstone
 from krause.allocator import reexec_with_tcmalloc
+from krause.goldstone import train as goldstone_train
 from krause.machine import describe as describe_machine
 from krause.models import get_model
 from krause.models.sampling import sample
@@ -256,6 +263,59 @@ def _sample_line(row: dict) -> str:
 
 
 # ---------------------------------------------------------------------------------------------
+# (c) Goldstone deep MLP
+
+
+def prepare_goldstone_step(group: str, model_name: str, remat: bool, depth: int):
+    """The jitted, vmapped [8 stds, 5 seeds] Adam step of experiment 1 on random data."""
+    group_name, block = goldstone.parse_group(group)
+    net = goldstone.DeepMLP(
+        group_name if model_name == "equivariant" else "generic", 64, depth, 1.0, block, 10, remat
+    )
+    stds, seeds = jnp.linspace(0.1, 0.7, 8), jnp.arange(5)
+    params = goldstone_train.init_params(net, stds, seeds, 784)
+    tx, step, _ = goldstone_train.make_functions(net, 1e-3)
+    rng = np.random.default_rng(0)
+    x = rng.random((len(seeds), 256, 784), np.float32)
+    y = rng.integers(0, 10, (len(seeds), 256)).astype(np.int32)
+    state = [params, jax.vmap(jax.vmap(tx.init))(params), None]
+
+    def run():
+        state[:] = jax.block_until_ready(step(state[0], state[1], x, y))
+
+    row = dict(group=group, model=model_name, remat=remat, depth=depth, models=8 * 5, batch=256)
+    row["compile_s"] = round(compiled_and_warm(run), 2)
+    return run, row
+
+
+def bench_goldstone(args) -> list[dict]:
+    depth = 4 if args.quick else 100
+    runs, rows = {}, {}
+    for group in ("u1", "o4"):
+        for model_name in ("equivariant", "generic"):
+            for remat in (False, True):
+                key = (group, model_name, remat)
+                runs[key], rows[key] = prepare_goldstone_step(group, model_name, remat, depth)
+    timings = interleaved_times(runs, args.goldstone_repeats)
+    for key, timing in timings.items():
+        rows[key].update(step_s=timing["wall_s"], step_cpu_s=timing["cpu_s"])
+        rows[key]["step_s_all"] = timing["wall_s_all"]
+        if key[2]:
+            stored = timings[(*key[:2], False)]["wall_s_all"]
+            rows[key]["paired_speedup"] = paired_ratios(stored, timing["wall_s_all"])
+        print(_goldstone_line(rows[key]), flush=True)
+    return list(rows.values())
+
+
+def _goldstone_line(row: dict) -> str:
+    return (
+        f"{row['group']} {row['model']:<11} remat {row['remat']!s:<5} depth {row['depth']}  "
+        f"{row['step_s'] * 1e3:8.1f} ms/step (CPU {row['step_cpu_s'] * 1e3:.0f} ms)  "
+        f"(compile {row['compile_s']:.0f} s)"
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 
 
 def table(result: dict) -> str:
@@ -311,6 +371,29 @@ def table(result: dict) -> str:
                 f"{row['cpu_ms_per_step']:.2f} | {row['speedup_vs_arm']:.2f}x, "
                 f"{row['cpu_speedup_vs_arm']:.2f}x |"
             )
+    if result["goldstone"]:
+        steps = 5 * 235  # 5 epochs of 60,000 images in batches of 256
+        lines += [
+            "",
+            "(c) Goldstone experiment 1: one Adam step of 8 stds x 5 seeds vmapped, batch 256, "
+            f"median of {result['args']['goldstone_repeats']} (all eight timed alternately); "
+            f"grid minutes = 5 epochs x 235 steps x ms/step",
+            "| group | model | remat | ms / step | CPU ms / step | 5 epochs (min) "
+            "| paired speed-up of remat: median (IQR) |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for row in result["goldstone"]:
+            paired = ""
+            if "paired_speedup" in row:
+                q = statistics.quantiles(row["paired_speedup"], n=4)
+                paired = f"{q[1]:.2f}x ({q[0]:.2f}-{q[2]:.2f})"
+            lines.append(
+                f"| {row['group']} | {row['model']} | {row['remat']} | {row['step_s'] * 1e3:.0f} "
+                f"| {row['step_cpu_s'] * 1e3:.0f} | {steps * row['step_s'] / 60:.1f} | {paired} |"
+            )
+        for remat in (False, True):
+            total = sum(steps * r["step_s"] for r in result["goldstone"] if r["remat"] == remat)
+            lines.append(f"| all four | | {remat} | | | {total / 60:.1f} | |")
     return "\n".join(lines)
 
 
@@ -318,7 +401,9 @@ def main():
     reexec_with_tcmalloc()
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="smoke run: depth 2, tiny batches")
-    parser.add_argument("--only", choices=("train", "sample"), help="run one part only")
+    parser.add_argument(
+        "--only", choices=("train", "sample", "goldstone"), help="run one part only"
+    )
     parser.add_argument("--json", type=Path, help="also write the results to this JSON file")
     parser.add_argument(
         "--layout",
@@ -332,6 +417,7 @@ def main():
     parser.add_argument("--num-images-cifar", type=int, default=None)
     parser.add_argument("--cifar-depth", type=int, default=None, help="CIFAR-size sampling depth")
     parser.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs")
+    parser.add_argument("--goldstone-repeats", type=int, default=None, help="timed MLP steps")
     parser.add_argument("--train-sizes", default=",".join(TRAIN_PAIRS), help="train pairs to run")
     parser.add_argument(
         "--sample-sizes", default=",".join(SAMPLE_MODELS), help="sampling cases to run"
@@ -353,6 +439,7 @@ def main():
         num_images_cifar=(1, 4),
         cifar_depth=(1, 4),
         sample_repeats=(1, 3),
+        goldstone_repeats=(3, 9),
     )
     for key, (quick, full) in defaults.items():
         if getattr(args, key) is None:
@@ -362,8 +449,9 @@ def main():
         machine=describe_machine(),
         command="python " + " ".join(sys.argv),
         args={k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        train=bench_train(args) if args.only != "sample" else [],
-        sample=bench_sampling(args) if args.only != "train" else [],
+        train=bench_train(args) if args.only in (None, "train") else [],
+        sample=bench_sampling(args) if args.only in (None, "sample") else [],
+        goldstone=bench_goldstone(args) if args.only in (None, "goldstone") else [],
     )
     result["machine"]["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
     print()

@@ -229,6 +229,23 @@ def test_epoch_batches_keep_last_partial_batch():
     assert not np.array_equal(order[0], again[0])  # a new permutation each epoch
 
 
+@pytest.mark.parametrize("group,k", [("u1", None), ("ok", 4)])
+def test_remat_keeps_parameters_and_gradients(rng, group, k):
+    """Recomputing activations in the backward pass changes neither the tree nor the gradients."""
+    x = jnp.asarray(rng.normal(size=(6, 16)), jnp.float32)
+    probe = jnp.asarray(rng.normal(size=(6, 16)), jnp.float32)
+    grads = {}
+    for remat in (False, True):
+        stack = gs.InteriorStack(group, 16, 5, 0.5, k, remat=remat)
+        params = stack.init(jax.random.key(3), x)
+        grad_fn = jax.grad(lambda p, x, s=stack: jnp.sum(s.apply(p, x)[0] * probe), (0, 1))
+        assert ("remat" in str(jax.make_jaxpr(grad_fn)(params, x))) == remat
+        grads[remat] = grad_fn(params, x)
+    assert jax.tree.structure(grads[False]) == jax.tree.structure(grads[True])
+    for a, b in zip(jax.tree.leaves(grads[False]), jax.tree.leaves(grads[True]), strict=True):
+        assert rel(b, a) < 1e-6
+
+
 def test_vmapped_grid_matches_single_models(rng):
     """One vmapped step over [std, seed] equals separate Adam steps of separately built models."""
     stds, seeds = np.array([0.1, 0.4], np.float32), np.array([0, 5])

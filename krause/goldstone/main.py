@@ -13,6 +13,7 @@ import json
 
 from absl import app, flags, logging
 
+from krause.allocator import reexec_with_tcmalloc
 from krause.main import parse_flags  # also defines the shared --config and --workdir flags
 from krause.metrics import quiet_library_logs
 
@@ -22,6 +23,7 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    reexec_with_tcmalloc()  # before any work: see krause/allocator.py
     quiet_library_logs()
     config = FLAGS.config
     logging.info("Config:\n%s", config)
