@@ -22,7 +22,7 @@ everything else running on the machine; the output also gives process CPU time (
 threads, less sensitive to other processes), the CPU count and the load average before and after.
 
 Usage:
-  python scripts/bench_models.py            # everything (~20 min on 2 idle cores)
+  python scripts/bench_models.py            # everything (~25 min on 2 idle cores)
   python scripts/bench_models.py --quick    # smoke run (~2 min): depth 2, tiny batches
   python scripts/bench_models.py --only sample --json results/bench_models_sample.json
   python scripts/bench_models.py --only goldstone --json results/bench_models_goldstone.json
@@ -371,7 +371,7 @@ def table(result: dict) -> str:
                 f"{row['cpu_ms_per_step']:.2f} | {row['speedup_vs_arm']:.2f}x, "
                 f"{row['cpu_speedup_vs_arm']:.2f}x |"
             )
-    if result["goldstone"]:
+    if result.get("goldstone"):
         steps = 5 * 235  # 5 epochs of 60,000 images in batches of 256
         lines += [
             "",
