@@ -289,7 +289,7 @@ def prepare_goldstone_step(group: str, model_name: str, remat: bool, depth: int)
 
 
 def bench_goldstone(args) -> list[dict]:
-    depth = 4 if args.quick else 100
+    depth = 2 if args.quick else 100
     runs, rows = {}, {}
     for group in ("u1", "o4"):
         for model_name in ("equivariant", "generic"):
