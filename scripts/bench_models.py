@@ -43,17 +43,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from krause import goldstone
 from krause.allocator import reexec_with_tcmalloc
 from krause.goldstone import train as goldstone_train
 from krause.machine import describe as describe_machine
 from krause.models import get_model
 from krause.models.sampling import sample
 from krause.models.vit import LAYOUTS
+from krause.train.config import load_config
 
 ATTENTION_NAMES = {"softmax": "ARM", "linear": "LARM", "krause": "KARM"}
 TRAIN_PAIRS = {"cifar": ("vit_s4", "kvit_s4"), "imagenet": ("vit_s16", "kvit_s16")}
 SAMPLE_MODELS = {"mnist": "pixel_ar_mnist", "cifar10": "pixel_ar_cifar10"}
+GOLDSTONE_CONFIG = Path(__file__).parent.parent / "configs" / "goldstone_mlp.py"
 
 
 def param_count(params) -> int:
@@ -267,23 +268,32 @@ def _sample_line(row: dict) -> str:
 
 
 def prepare_goldstone_step(group: str, model_name: str, remat: bool, depth: int):
-    """The jitted, vmapped [8 stds, 5 seeds] Adam step of experiment 1 on random data."""
-    group_name, block = goldstone.parse_group(group)
-    net = goldstone.DeepMLP(
-        group_name if model_name == "equivariant" else "generic", 64, depth, 1.0, block, 10, remat
-    )
-    stds, seeds = jnp.linspace(0.1, 0.7, 8), jnp.arange(5)
-    params = goldstone_train.init_params(net, stds, seeds, 784)
-    tx, step, _ = goldstone_train.make_functions(net, 1e-3)
+    """The jitted, vmapped [std, seed] Adam step of experiment 1 (configs/goldstone_mlp.py's stds,
+    seeds, batch and learning rate) on random data."""
+    config = load_config(f"{GOLDSTONE_CONFIG}:group={group},model={model_name}")
+    model, _ = goldstone_train.build_model(config)
+    model = model.clone(depth=depth, remat=remat)
+    stds, seeds = jnp.asarray(config.stds), jnp.asarray(config.seeds)
+    params = goldstone_train.init_params(model, stds, seeds, 784)
+    tx, step, _ = goldstone_train.make_functions(model, config.learning_rate)
     rng = np.random.default_rng(0)
-    x = rng.random((len(seeds), 256, 784), np.float32)
-    y = rng.integers(0, 10, (len(seeds), 256)).astype(np.int32)
+    x = rng.random((len(seeds), config.batch_size, 784), np.float32)
+    y = rng.integers(0, 10, (len(seeds), config.batch_size)).astype(np.int32)
     state = [params, jax.vmap(jax.vmap(tx.init))(params), None]
 
     def run():
         state[:] = jax.block_until_ready(step(state[0], state[1], x, y))
 
-    row = dict(group=group, model=model_name, remat=remat, depth=depth, models=8 * 5, batch=256)
+    row = dict(
+        group=group,
+        model=model_name,
+        remat=remat,
+        depth=depth,
+        models=len(stds) * len(seeds),
+        batch=config.batch_size,
+        # a full run: its epochs over the 60,000 training images
+        run_steps=config.epochs * -(-60_000 // config.batch_size),
+    )
     row["compile_s"] = round(compiled_and_warm(run), 2)
     return run, row
 
@@ -372,27 +382,29 @@ def table(result: dict) -> str:
                 f"{row['cpu_speedup_vs_arm']:.2f}x |"
             )
     if result.get("goldstone"):
-        steps = 5 * 235  # 5 epochs of 60,000 images in batches of 256
+        rows = result["goldstone"]
         lines += [
             "",
-            "(c) Goldstone experiment 1: one Adam step of 8 stds x 5 seeds vmapped, batch 256, "
-            f"median of {result['args']['goldstone_repeats']} (all eight timed alternately); "
-            f"grid minutes = 5 epochs x 235 steps x ms/step",
-            "| group | model | remat | ms / step | CPU ms / step | 5 epochs (min) "
+            f"(c) Goldstone experiment 1: one Adam step of {rows[0]['models']} models (stds x "
+            f"seeds) vmapped, batch {rows[0]['batch']}, median of "
+            f"{result['args']['goldstone_repeats']} (all eight timed alternately); run minutes = "
+            f"{rows[0]['run_steps']} steps (all epochs) x ms/step",
+            "| group | model | remat | ms / step | CPU ms / step | run (min) "
             "| paired speed-up of remat: median (IQR) |",
             "|---|---|---|---|---|---|---|",
         ]
-        for row in result["goldstone"]:
+        for row in rows:
             paired = ""
             if "paired_speedup" in row:
                 q = statistics.quantiles(row["paired_speedup"], n=4)
                 paired = f"{q[1]:.2f}x ({q[0]:.2f}-{q[2]:.2f})"
             lines.append(
                 f"| {row['group']} | {row['model']} | {row['remat']} | {row['step_s'] * 1e3:.0f} "
-                f"| {row['step_cpu_s'] * 1e3:.0f} | {steps * row['step_s'] / 60:.1f} | {paired} |"
+                f"| {row['step_cpu_s'] * 1e3:.0f} | {row['run_steps'] * row['step_s'] / 60:.1f} "
+                f"| {paired} |"
             )
         for remat in (False, True):
-            total = sum(steps * r["step_s"] for r in result["goldstone"] if r["remat"] == remat)
+            total = sum(r["run_steps"] * r["step_s"] for r in rows if r["remat"] == remat)
             lines.append(f"| all four | | {remat} | | | {total / 60:.1f} | |")
     return "\n".join(lines)
 

@@ -99,7 +99,7 @@ class InteriorStack(nn.Module):
     radii[l] is the mean per-block radius after layer l (the order parameter's ingredient).
     remat: recompute each layer's activation in the backward pass instead of storing it: the
     same gradients, less memory traffic (a training step of 40 vmapped models on the 2-core CPU:
-    1.24x faster for U(1), 1.0-1.14x for the others; `scripts/bench_models.py --only goldstone`).
+    1.23x faster for U(1), 1.0-1.11x for the others; `scripts/bench_models.py --only goldstone`).
     """
 
     group: str
